@@ -1,0 +1,348 @@
+"""The results store: one folder per run, append-only Parquet parts in one fixed long ("tidy") schema.
+
+Layout::
+
+    <results_root>/<run_id>/meta.json                     written once, atomically, when the run starts
+    <results_root>/<run_id>/records/part-000000.parquet   one part per flush (normally one per epoch)
+
+Why this shape:
+
+* **One schema for everything** (:data:`SCHEMA`): a row is one number -- ``(run, epoch, key) -> value``. Adding a
+  new metric never changes the schema, so every part of every run of every array job reads with one
+  ``pd.read_parquet`` call (:func:`load_results`), and :func:`wide` pivots to one row per (run, epoch) when wanted.
+* **Crash safety**: every file is written to a hidden temp file in the same folder, fsynced, then ``os.replace``d
+  into place. A run killed at any moment leaves every earlier part complete and readable and never a half-written
+  ``part-*.parquet`` (at worst a hidden ``.part-*.tmp-*`` file, which readers ignore and the next recorder removes).
+* **Resuming without duplicates**: a recorder opened on an existing run knows the last epoch on disk
+  (:meth:`RunRecorder.last_epoch`); logging an epoch at or before it raises :class:`EpochAlreadyFlushedError`
+  instead of silently double-counting it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import re
+import secrets
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("method", pa.string()),
+        ("world", pa.string()),
+        ("reward", pa.string()),
+        ("seed", pa.int64()),
+        ("epoch", pa.int64()),
+        ("key", pa.string()),
+        ("value", pa.float64()),
+        ("time", pa.float64()),  # unix seconds when the value was logged
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+RUN_COLUMNS: tuple[str, ...] = ("run_id", "method", "world", "reward", "seed")  # constant within one run
+META_COLUMNS: tuple[str, ...] = ("ablation",)  # run meta that load_results joins onto every row
+KNOWN_METHODS: tuple[str, ...] = ("nft", "flowgrpo", "flowgrpo-fast", "cfg")
+
+META_FILE = "meta.json"
+RECORDS_DIR = "records"
+_PART_NAME = re.compile(r"^part-(\d{6})\.parquet$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "numpy", "pandas", "pyarrow")
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST")
+
+
+class EpochAlreadyFlushedError(ValueError):
+    """An epoch that is already on disk was logged again; a resumed run must start at ``last_epoch() + 1``."""
+
+
+def make_run_id(method: str, reward: str, seed: int, stamp: str | None = None) -> str:
+    """``<method>_<reward>_s<seed>_<stamp>``, safe as a folder name.
+
+    Without ``stamp`` the stamp is a UTC timestamp plus 6 random hex digits, so array tasks that start in the same
+    second still get different ids. Pass ``stamp`` (e.g. ``f"{array_job_id}-{task_id}"``) for a deterministic id,
+    which is what lets a requeued job find and resume its own run.
+    """
+    if stamp is None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return "_".join([_slug(method), _slug(reward), f"s{int(seed)}", _slug(stamp)])
+
+
+def _slug(text: object) -> str:
+    """Replace everything but letters, digits, '.' and '-' (e.g. the ':' and ',' of a reward spec) by '-'."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", str(text)).strip("-") or "x"
+
+
+def collect_provenance() -> dict[str, Any]:
+    """What produced a run: git commit (+ whether tracked files were modified), versions, host and hardware.
+
+    Every field degrades to ``None`` / empty rather than failing: provenance must never stop a run from starting.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit,
+        "git_dirty": None if commit is None or status is None else bool(status),
+        "python": platform.python_version(),
+        "packages": {name: _package_version(name) for name in _PACKAGES},
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "gpus": _gpu_names(),
+        "slurm": {name: os.environ[name] for name in _SLURM_VARS if name in os.environ},
+    }
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    """Output of a read-only git command, or None when git or the commit is unavailable."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # never take the index lock: other runs may be using git
+    try:
+        done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _gpu_names() -> list[str]:
+    try:
+        import torch  # imported lazily: reading results must not need torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` so that readers see either nothing or the complete file, even if we are killed midway.
+
+    The bytes go to a hidden temp file in the same folder (``os.replace`` is only atomic within one filesystem),
+    which is fsynced before the rename and the folder fsynced after it, so a power loss cannot reorder them.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+
+
+def read_meta(run_dir: Path | str) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / META_FILE).read_text())
+
+
+class RunRecorder:
+    """Buffers rows of one run and appends them to the store, one Parquet part per :meth:`flush`.
+
+    Use as a context manager; call :meth:`flush` once at the end of every epoch. A clean exit flushes what is left.
+    An exception discards the unflushed rows on purpose: they belong to an epoch that did not finish, and writing
+    them would make :meth:`last_epoch` claim that epoch is done, so a resumed run would skip it.
+    """
+
+    def __init__(self, results_root: Path | str, run_id: str, meta: Mapping[str, Any]) -> None:
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"run_id {run_id!r} must be letters, digits, '.', '_' or '-' (see make_run_id)")
+        self.run_id = run_id
+        self.run_dir = Path(results_root) / run_id
+        self.records_dir = self.run_dir / RECORDS_DIR
+        self._run = _run_columns(run_id, meta)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / META_FILE).exists():
+            self.meta = read_meta(self.run_dir)
+            _check_same_run(self.meta, self._run)
+        else:
+            self.meta = _complete_meta(run_id, meta)
+            text = json.dumps(self.meta, indent=2, sort_keys=True, default=str).encode()
+            atomic_write(self.run_dir / META_FILE, lambda handle: handle.write(text))
+        self._remove_stale_temp_files()
+        parts = sorted(self.records_dir.glob("part-*.parquet"))
+        numbers = [int(match.group(1)) for part in parts if (match := _PART_NAME.match(part.name))]
+        self._next_part = max(numbers, default=-1) + 1
+        self._last_epoch = max((_max_epoch(part) for part in parts), default=-1)
+        self._rows: list[tuple[int, str, float, float]] = []
+        self._pending: set[tuple[int, str]] = set()
+
+    def last_epoch(self) -> int:
+        """The highest epoch already flushed to disk, or -1 for a fresh run: train from ``last_epoch() + 1``."""
+        return self._last_epoch
+
+    def log(self, epoch: int, values: Mapping[str, float], *, prefix: str = "", timestamp: float | None = None) -> None:
+        """Buffer one row per ``values`` item: ``key = prefix + name``, e.g. ``log(3, {"loss": 0.1}, prefix="train/")``.
+
+        ``timestamp`` (unix seconds) defaults to now. Raises :class:`EpochAlreadyFlushedError` for an epoch at or
+        before :meth:`last_epoch`, and ``ValueError`` for a (epoch, key) pair already buffered.
+        """
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0 (epoch 0 = before training), got {epoch}")
+        if epoch <= self._last_epoch:
+            raise EpochAlreadyFlushedError(
+                f"run {self.run_id}: epoch {epoch} is already flushed (last flushed epoch is {self._last_epoch}); "
+                f"a resumed run must start at epoch {self._last_epoch + 1}"
+            )
+        now = time.time() if timestamp is None else float(timestamp)
+        rows = []
+        for name, value in values.items():
+            key = f"{prefix}{name}"
+            if not key or (epoch, key) in self._pending:
+                raise ValueError(f"run {self.run_id}: key {key!r} is empty or already logged for epoch {epoch}")
+            try:
+                rows.append((epoch, key, float(value), now))
+            except (TypeError, ValueError):
+                raise TypeError(f"run {self.run_id}: value of {key!r} is not a number: {value!r}") from None
+        self._rows.extend(rows)  # all or nothing: a bad value above leaves the buffer unchanged
+        self._pending.update((epoch, key) for epoch, key, _, _ in rows)
+
+    def flush(self) -> Path | None:
+        """Append the buffered rows as one new part; returns its path (None when nothing was buffered)."""
+        if not self._rows:
+            return None
+        epoch, key, value, stamp = zip(*self._rows)
+        n = len(self._rows)
+        columns = {name: [self._run[name]] * n for name in RUN_COLUMNS}
+        columns.update(epoch=list(epoch), key=list(key), value=list(value), time=list(stamp))
+        table = pa.table(columns, schema=SCHEMA)
+        path = self.records_dir / f"part-{self._next_part:06d}.parquet"
+        if path.exists():
+            raise FileExistsError(f"{path} exists: is a second process writing run {self.run_id}?")
+        atomic_write(path, lambda handle: pq.write_table(table, handle))
+        self._next_part += 1
+        self._last_epoch = max(self._last_epoch, max(epoch))
+        self._rows.clear()
+        self._pending.clear()
+        return path
+
+    def __enter__(self) -> "RunRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.flush()
+        elif self._rows:
+            count = len(self._rows)
+            logger.warning("run %s: discarding %d unflushed rows after %s", self.run_id, count, exc_type.__name__)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files left by a killed writer of this run are garbage (their part was never renamed into place)."""
+        for stale in self.records_dir.glob(".part-*.tmp-*"):
+            logger.info("run %s: removing %s left by an interrupted write", self.run_id, stale.name)
+            stale.unlink(missing_ok=True)
+
+
+def _max_epoch(part: Path) -> int:
+    epochs = pq.read_table(part, columns=["epoch"]).column("epoch").to_pylist()
+    return max(epochs, default=-1)
+
+
+def _run_columns(run_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The row columns that are constant within a run, validated once so every part agrees."""
+    missing = [name for name in ("method", "world", "reward", "seed") if name not in meta]
+    if missing:
+        raise ValueError(f"run {run_id}: meta must give {missing} (they become columns of every row)")
+    if meta["method"] not in KNOWN_METHODS:
+        raise ValueError(f"run {run_id}: method {meta['method']!r} is not one of {KNOWN_METHODS}")
+    return {
+        "run_id": run_id,
+        "method": str(meta["method"]),
+        "world": str(meta["world"]),
+        "reward": str(meta["reward"]),
+        "seed": int(meta["seed"]),
+    }
+
+
+def _complete_meta(run_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's meta plus run id, start time and provenance (kept when the caller already gave them)."""
+    now = time.time()
+    full = dict(meta)
+    full["run_id"] = run_id
+    full.setdefault("start_time", now)
+    full.setdefault("start_time_iso", dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat())
+    if "provenance" not in full:
+        full["provenance"] = collect_provenance()
+    return full
+
+
+def _check_same_run(stored: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """Resuming under a run id written by a different method/reward/world/seed would mix two runs' rows."""
+    for name in ("method", "world", "reward", "seed"):
+        if str(stored.get(name)) != str(run[name]):
+            raise ValueError(
+                f"run {run['run_id']} exists with {name}={stored.get(name)!r}, not {run[name]!r}: use a new run id"
+            )
+
+
+def load_meta(results_root: Path | str) -> pd.DataFrame:
+    """One row per run with the flat meta fields reports need (the full meta stays in each meta.json)."""
+    rows = []
+    for path in sorted(Path(results_root).glob(f"*/{META_FILE}")):
+        meta = json.loads(path.read_text())
+        provenance = meta.get("provenance") or {}
+        rows.append(
+            {
+                "run_id": path.parent.name,
+                "ablation": meta.get("ablation", (meta.get("config") or {}).get("ablation")),
+                "start_time": meta.get("start_time"),
+                "git_commit": provenance.get("git_commit"),
+                "gpus": ", ".join(provenance.get("gpus") or []),
+            }
+        )
+    return pd.DataFrame(rows, columns=["run_id", "ablation", "start_time", "git_commit", "gpus"])
+
+
+def load_results(results_root: Path | str, with_meta: bool = True) -> pd.DataFrame:
+    """Every flushed row of every run under ``results_root`` in :data:`SCHEMA` (plus :data:`META_COLUMNS`).
+
+    Reads all parts with one ``pd.read_parquet`` call. Hidden temp files of interrupted writes are never matched.
+    """
+    parts = sorted(Path(results_root).glob(f"*/{RECORDS_DIR}/part-*.parquet"))
+    df = pd.read_parquet(parts) if parts else SCHEMA.empty_table().to_pandas()
+    if with_meta:
+        meta = load_meta(results_root)[["run_id", *META_COLUMNS]]
+        df = df.merge(meta, on="run_id", how="left")
+    return df
+
+
+def wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run_id, epoch): the run columns, ``epoch``, then one column per key (NaN where not logged)."""
+    run_columns = [c for c in df.columns if c not in ("epoch", "key", "value", "time")]
+    if df.empty:
+        return pd.DataFrame(columns=[*run_columns, "epoch"])
+    values = df.groupby(["run_id", "epoch", "key"])["value"].last().unstack("key").reset_index()
+    values.columns.name = None
+    runs = df[run_columns].drop_duplicates("run_id")
+    return runs.merge(values, on="run_id").sort_values(["run_id", "epoch"], ignore_index=True)

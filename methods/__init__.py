@@ -1,0 +1,1 @@
+"""Interchangeable RL methods (DiffusionNFT, FlowGRPO and variants, CFG baselines); see methods.registry."""

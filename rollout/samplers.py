@@ -1,0 +1,183 @@
+"""Samplers driven by a velocity function, so any black-box solver plugs in.
+
+``velocity_fn(x, sigma) -> v`` with ``v ~ eps - x0`` (so ``x0_hat = x - sigma v``). Solvers:
+
+- ``"euler"``: the ODE ``x' = x + (s' - s) v``.
+- ``"dpm2"``: deterministic DPM-Solver++(2M) in data prediction (DiffusionNFT's default rollout).
+- ``"sde"``: FlowGRPO's SDE step with a Gaussian log-probability per step.
+- ``"cps"``: the coefficient-preserving SDE ("CPS") with its log-probability.
+
+``sde_window=(start, end)`` runs SDE/CPS only on steps ``start <= i < end`` and Euler elsewhere
+(Flow-GRPO-Fast). Solver arithmetic is float32; ``latent_dtype`` (fp16 on GPU) is the dtype the latents are cast
+to between steps, as in the references.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+Solver = Literal["euler", "dpm2", "sde", "cps"]
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float or a per-sample tensor [B] as a float32 tensor of shape [B, 1, 1, 1]."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(like.shape[0])
+    return t.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def sde_step(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor,
+    noise_level: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    kind: Literal["sde", "cps"] = "sde",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stochastic step from ``sigma`` to ``sigma_next`` (FlowGRPO), in float32.
+
+    Returns ``(prev_sample, log_prob [B], mean, std [B,1,1,1])``. With ``prev_sample`` given, no noise is drawn
+    and ``log_prob`` is that sample's log-density under the step. ``log_prob`` is a *mean* over C, H, W (not a sum),
+    as in the reference -- which is why its clip range is 1e-4.
+
+    ``kind="sde"``: ``std_t = a sqrt(s / (1 - s~))`` with ``s~ = sigma_next`` when ``s == 1`` (step 0), else ``s``;
+    the Gaussian's std is ``std_t sqrt(-dt)``; with ``a = 0`` the step is plain Euler (log_prob is then NaN: a
+    point mass has no density). ``kind="cps"``: ``std = s' sin(a pi / 2)``; log_prob drops constants and scale.
+    The returned ``std`` is ``std_t`` (sde) or ``s' sin(a pi/2)`` (cps), not the Gaussian's std.
+    """
+    x32, v32 = x.float(), v.float()
+    s, s_next = _per_sample(sigma, x32), _per_sample(sigma_next, x32)
+    if kind == "sde":
+        dt = s_next - s
+        s_tilde = torch.where(s == 1, s_next, s)
+        std_t = noise_level * torch.sqrt(s / (1 - s_tilde))
+        mean = x32 * (1 + std_t**2 / (2 * s) * dt) + v32 * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
+        gauss_std = std_t * torch.sqrt(-dt)
+        if prev_sample is None:
+            eps = torch.randn(x32.shape, generator=generator, device=x32.device, dtype=torch.float32)
+            prev_sample = mean + gauss_std * eps
+        prev32 = prev_sample.float()
+        log_prob = (
+            -((prev32.detach() - mean) ** 2) / (2 * gauss_std**2)
+            - torch.log(gauss_std)
+            - math.log(math.sqrt(2 * math.pi))
+        )
+        std = std_t
+    elif kind == "cps":
+        std = s_next * math.sin(noise_level * math.pi / 2)
+        x0_hat = x32 - s * v32
+        x1_hat = x32 + (1 - s) * v32
+        mean = x0_hat * (1 - s_next) + x1_hat * torch.sqrt(s_next**2 - std**2)
+        if prev_sample is None:
+            eps = torch.randn(x32.shape, generator=generator, device=x32.device, dtype=torch.float32)
+            prev_sample = mean + std * eps
+        prev32 = prev_sample.float()
+        log_prob = -((prev32.detach() - mean) ** 2)
+    else:
+        raise ValueError(f"sde_step kind must be 'sde' or 'cps', got {kind!r}")
+    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+    return prev32, log_prob, mean, std
+
+
+def euler_step(v: torch.Tensor, x: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    x32 = x.float()
+    return x32 + (_per_sample(sigma_next, x32) - _per_sample(sigma, x32)) * v.float()
+
+
+def _log_snr(sigma: float) -> float:
+    """lambda = log(alpha / sigma) with alpha = 1 - sigma; -inf at sigma = 1, +inf at sigma = 0."""
+    if sigma >= 1.0:
+        return -math.inf
+    if sigma <= 0.0:
+        return math.inf
+    return math.log((1 - sigma) / sigma)
+
+
+def dpm2_step(x: torch.Tensor, d_now: torch.Tensor, d_prev: torch.Tensor | None, sig: list[float], i: int) -> torch.Tensor:
+    """DPM-Solver++(2M) from ``sig[i]`` to ``sig[i+1]`` given data predictions ``D_i`` and ``D_{i-1}``.
+
+    Step 0 is first order (DDIM in data prediction, equal to Euler when sigma_0 = 1); at step 1 the previous
+    log-SNR is -inf so ``D1 = 0`` and the step is first order too. The last step (to sigma = 0) returns ``D_i``.
+    """
+    s, s_next = sig[i], sig[i + 1]
+    if s_next == 0:
+        return d_now
+    lam, lam_next = _log_snr(s), _log_snr(s_next)
+    h = lam_next - lam
+    alpha_next = 1 - s_next
+    d = d_now
+    if d_prev is not None and i > 0:
+        lam_prev = _log_snr(sig[i - 1])
+        r0 = (lam - lam_prev) / h
+        if math.isfinite(r0):
+            d = d_now + 0.5 * (d_now - d_prev) / r0
+    return (s_next / s) * x - alpha_next * (math.exp(-h) - 1) * d
+
+
+@dataclass
+class SampleOutput:
+    """What a rollout returns. Trajectory fields are filled only when ``keep_trajectory`` is set."""
+
+    x0: torch.Tensor
+    sigmas: torch.Tensor
+    latents: list[torch.Tensor] = field(default_factory=list)  # x_i fed to step i (float32)
+    next_latents: list[torch.Tensor] = field(default_factory=list)  # float32 output of step i
+    log_probs: list[torch.Tensor] = field(default_factory=list)  # [B] per step (NaN for ODE steps)
+    stochastic: list[bool] = field(default_factory=list)  # whether step i was an SDE/CPS step
+
+
+@torch.no_grad()
+def sample(
+    velocity_fn: VelocityFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    solver: Solver,
+    noise_level: float = 0.7,
+    generator: torch.Generator | None = None,
+    sde_window: tuple[int, int] | None = None,
+    keep_trajectory: bool | None = None,
+    latent_dtype: torch.dtype | None = None,
+) -> SampleOutput:
+    """Integrate from ``x`` at ``sigmas[0]`` to ``sigmas[-1] = 0``.
+
+    For ``"sde"``/``"cps"`` the trajectory (latents, next latents, per-step log-probs) is kept by default; with
+    ``sde_window`` only steps inside the window are stochastic. ``latent_dtype`` casts the latent fed to the
+    model and to the next step (fp16 in the reference on GPU); step arithmetic stays float32.
+    """
+    if solver not in ("euler", "dpm2", "sde", "cps"):
+        raise ValueError(f"unknown solver {solver!r}; choose euler, dpm2, sde or cps")
+    sig = [float(s) for s in sigmas]
+    n = len(sig) - 1
+    if keep_trajectory is None:
+        keep_trajectory = solver in ("sde", "cps")
+    window = sde_window if sde_window is not None else (0, n)
+    out = SampleOutput(x0=x, sigmas=torch.as_tensor(sigmas, dtype=torch.float32))
+    d_prev = None
+    x_cur = x if latent_dtype is None else x.to(latent_dtype)
+    for i in range(n):
+        v = velocity_fn(x_cur, sig[i])
+        stochastic = solver in ("sde", "cps") and window[0] <= i < window[1]
+        log_prob = torch.full((x.shape[0],), float("nan"), device=x.device)
+        if stochastic:
+            x_next, log_prob, _, _ = sde_step(v, x_cur, sig[i], sig[i + 1], noise_level, generator=generator, kind=solver)
+        elif solver == "dpm2":
+            d_now = x_cur.float() - sig[i] * v.float()
+            x_next = dpm2_step(x_cur.float(), d_now, d_prev, sig, i)
+            d_prev = d_now
+        else:
+            x_next = euler_step(v, x_cur, sig[i], sig[i + 1])
+        if keep_trajectory:
+            out.latents.append(x_cur.float())
+            out.next_latents.append(x_next)
+            out.log_probs.append(log_prob)
+            out.stochastic.append(stochastic)
+        x_cur = x_next if latent_dtype is None else x_next.to(latent_dtype)
+    out.x0 = x_cur.float()
+    return out

@@ -1,0 +1,1 @@
+"""SLURM array jobs through submitit."""

@@ -1,0 +1,1 @@
+"""Synthetic worlds: small procedural image domains where a reward can be computed exactly on a CPU."""
