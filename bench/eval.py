@@ -40,7 +40,7 @@ class EvalConfig:
     batch_size: int = 64
     """Images per forward batch (memory only: results do not depend on it beyond float noise)."""
     max_prompts: int | None = None
-    """Evaluate only the first N prompts (smoke tests)."""
+    """Evaluate only N evenly spaced prompts of the set (smoke tests, in-training evals)."""
     height: int = 32
     width: int = 32
 
@@ -71,8 +71,10 @@ def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig) 
     the per-image mean, labelled (``rewards.geneval.evaluation_report``).
     """
     t0 = time.perf_counter()
-    n = len(prompt_set) if cfg.max_prompts is None else min(cfg.max_prompts, len(prompt_set))
-    prompts, metadata = prompt_set.prompts[:n], prompt_set.metadata[:n]
+    idx = list(range(len(prompt_set)))
+    if cfg.max_prompts is not None and cfg.max_prompts < len(idx):  # evenly spaced: files may be sorted by tag
+        idx = [round(i * len(idx) / cfg.max_prompts) for i in range(cfg.max_prompts)]
+    prompts, metadata = [prompt_set.prompts[i] for i in idx], [prompt_set.metadata[i] for i in idx]
     images = generate(policy, prompts, cfg)
     flat_p = [p for p in prompts for _ in range(cfg.images_per_prompt)]
     flat_m = [m for m in metadata for _ in range(cfg.images_per_prompt)]
@@ -82,6 +84,9 @@ def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig) 
         for j in range(len(flat_p[i:i + 256])):
             row = {k: float(v[j]) for k, v in scores.items()}
             row["tag"] = flat_m[i + j].get("tag", "all")
+            name = getattr(reward, "name", None)
+            if name in row:  # a reward's own key is its training score
+                row.setdefault("score", row[name])
             rows.append(row)
     if all("strict_accuracy" in r for r in rows):
         from rewards.geneval import evaluation_report
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--guidance", type=float, default=1.0, help="CFG scale; 1.0 means no classifier-free guidance.")
     ap.add_argument("--num-steps", type=int, default=None, help="Sampler steps; default: the world's eval steps.")
     ap.add_argument("--images-per-prompt", type=int, default=4, help="Images generated per test prompt.")
-    ap.add_argument("--max-prompts", type=int, default=None, help="Evaluate only the first N test prompts.")
+    ap.add_argument("--max-prompts", type=int, default=None, help="Evaluate only N evenly spaced test prompts.")
     ap.add_argument("--seed", type=int, default=1234, help="Seed of the initial noise.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
     ap.add_argument("--json", default=None, help="Also write the report to this JSON file.")

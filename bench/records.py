@@ -163,6 +163,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def read_meta(run_dir: Path | str) -> dict[str, Any]:
+    """The meta.json of one run folder."""
     return json.loads((Path(run_dir) / META_FILE).read_text())
 
 

@@ -29,7 +29,11 @@ from reports.speedup import curves, speedup_table  # noqa: E402
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 HEADLINE_KEYS = ("eval/avg_mean", "reward/avg_mean")  # the first one a group of runs logged is plotted
-X_AXES = {"cum/gpu_hours": ("GPU-hours", 1.0), "cum/wall_s": ("wall-clock hours", 1 / 3600)}
+# x key -> (axis label, factor to the plotted unit, file stem of its plot)
+X_AXES = {
+    "cum/gpu_hours": ("GPU-hours", 1.0, "reward_vs_gpu_hours"),
+    "cum/wall_s": ("wall-clock hours", 1 / 3600, "reward_vs_wall_clock"),
+}
 METHOD_COLORS = {"nft": "C0", "flowgrpo": "C1", "flowgrpo-fast": "C2", "cfg": "C3"}
 BASELINE = "nft"  # speedups are reported as this method against each other method
 
@@ -93,12 +97,12 @@ def draw_band(ax, run_curves: pd.DataFrame, scale: float = 1.0, label_prefix: st
 
 def plot_reward_curves(df: pd.DataFrame, x_key: str, out: Path) -> tuple[Path | None, list[str]]:
     """One panel per (world, reward): the headline metric against ``x_key``; returns the PNG and any notes."""
-    x_label, scale = X_AXES[x_key]
+    x_label, scale, stem = X_AXES[x_key]
     groups = list(df.groupby(["world", "reward"], sort=True))
     notes: list[str] = []
     columns = min(4, len(groups))
     rows = math.ceil(len(groups) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(6.0, 4.5 * columns), 3.8 * rows), squeeze=False)
     for ax, ((world, reward), group) in zip(axes.flat, groups):
         metric = headline_key(group)
         run_curves = curves(group, metric, x_key) if metric else pd.DataFrame()
@@ -115,7 +119,7 @@ def plot_reward_curves(df: pd.DataFrame, x_key: str, out: Path) -> tuple[Path | 
         ax.axis("off")
     fig.suptitle(f"reward vs {x_label} (mean over seeds, band = min..max)")
     fig.tight_layout()
-    path = out / f"reward_vs_{slug(x_label.replace(' ', '_'))}.png"
+    path = out / f"{stem}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path, notes
@@ -167,7 +171,8 @@ def speedup_section(df: pd.DataFrame, n_boot: int) -> list[str]:
                 tables.append(table.assign(label=f"measured (this harness, {world})", reward=reward))
     if tables:
         table = pd.concat(tables, ignore_index=True)
-        table["95% CI"] = [f"{fmt(lo)} .. {fmt(hi)}" for lo, hi in zip(table["ci_low"], table["ci_high"])]
+        bounds = zip(table["ci_low"], table["ci_high"])
+        table["95% CI"] = ["" if math.isnan(low) else f"{fmt(low)} .. {fmt(high)}" for low, high in bounds]
         columns = ["label", "reward", "metric", "x_key", "a", "b", "target", "target_value", "x_a", "x_b",
                    "speedup", "95% CI", "boot_reached", "lower_bound", "n_runs_a", "n_runs_b"]
         lines = [markdown_table(table[columns]), ""] + lines
@@ -193,9 +198,10 @@ def measured_final_eval(df: pd.DataFrame) -> pd.DataFrame:
 
 def published_table(published: pd.DataFrame) -> pd.DataFrame:
     """One source's rows pivoted to one row per model; a missing value shows its note (e.g. "almost immediately")."""
-    ambiguous = published.groupby("metric")["eval_set"].nunique() > 1
+    ambiguous = published.groupby("metric")["eval_set"].nunique() > 1  # e.g. PickScore on two prompt sets
+    metric_sets = zip(published["metric"], published["eval_set"])
     rows = published.assign(
-        column=[f"{m} [{e}]" if ambiguous.get(m, False) else m for m, e in zip(published["metric"], published["eval_set"])],
+        column=[f"{m} [{e}]" if ambiguous.get(m, False) else m for m, e in metric_sets],
         cell=[fmt(v) if not pd.isna(v) else fmt(n) for v, n in zip(published["value"], published["note"])],
         label="published: " + published["source"] + ", " + published["confidence"],
     )
@@ -215,7 +221,8 @@ def comparison_section(measured: pd.DataFrame, published: pd.DataFrame) -> list[
         lines.append(f"### {source}")
         if shared:
             ours = measured.dropna(subset=shared, how="all")
-            table = pd.concat([ours[["label", "model", "reward", *shared]], table], ignore_index=True)
+            ours = ours[["label", "model", "reward", *shared]]
+            table = pd.concat([ours, table], ignore_index=True)[list(table.columns)]
         else:
             lines.append("_No measured eval metric matches this table's columns._")
         lines += ["", markdown_table(table.fillna("")), ""]
@@ -233,24 +240,30 @@ def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_di
              f"{len(df)} rows) and `reports/published/`. Rows labelled `measured (this harness, <world>)` are ours; "
              "rows labelled `published: <source>, <confidence>` are the papers' (confidence: exact / transcribed / "
              "read-off-plot). A measured toy-world number is not comparable to a published SD3.5-M number.", ""]
+    # Runs with an ablation label are variants, not extra seeds: pooling them into the method curves would be silent
+    # mixing, so they appear only under "Ablations".
+    main = df[df["ablation"].isna()]
+    n_ablation = df["run_id"].nunique() - main["run_id"].nunique()
+    if n_ablation:
+        lines += [f"{n_ablation} runs carry an `ablation` label: they appear only under Ablations.", ""]
 
     lines += ["## Reward vs compute", ""]
-    if df.empty:
-        lines += ["_No measured runs found._", ""]
+    if main.empty:
+        lines += ["_No measured runs found (ablation runs are under Ablations)._", ""]
     else:
         for x_key in X_AXES:
-            path, notes = plot_reward_curves(df, x_key, out)
+            path, notes = plot_reward_curves(main, x_key, out)
             lines += [f"![reward vs {X_AXES[x_key][0]}]({path.name})", ""] + [f"- {n}" for n in notes] + [""]
 
     lines += ["## Speedup", "", f"Measured: time for `{BASELINE}` and each other method to reach a final score "
               "(speedup = x_b / x_a; interval: bootstrap over seeds).", ""]
-    lines += (speedup_section(df, n_boot) if not df.empty else ["_No measured runs found._"]) + [""]
+    lines += (speedup_section(main, n_boot) if not main.empty else ["_No measured runs found (ablation runs are under Ablations)._"]) + [""]
     efficiency = published[published["file"] == "head_to_head_efficiency.csv"]
     if not efficiency.empty:
         lines += ["Published:", "", markdown_table(published_table(efficiency).fillna("")), ""]
 
     lines += ["## Final evaluation: measured vs published", ""]
-    measured = measured_final_eval(df) if not df.empty else pd.DataFrame()
+    measured = measured_final_eval(main) if not main.empty else pd.DataFrame()
     if measured.empty:
         lines += ["_No measured eval rows (keys `eval/...`) found; only published rows are shown._", ""]
         measured = pd.DataFrame(columns=["label", "model", "reward"])
@@ -263,7 +276,8 @@ def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_di
     lines += [f"![{p.stem}]({p.name})" for p in ablation_plots] or ["_No runs carry an `ablation` label._"]
     lines += ["", "## Runs", ""]
     if not df.empty:
-        runs = df.groupby(["run_id", "method", "world", "reward", "seed"], dropna=False)["epoch"].max().reset_index()
+        run_columns = ["run_id", "method", "world", "reward", "seed", "ablation"]
+        runs = df.groupby(run_columns, dropna=False)["epoch"].max().reset_index()
         lines.append(markdown_table(runs.rename(columns={"epoch": "last epoch"})))
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")

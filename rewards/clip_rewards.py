@@ -55,9 +55,11 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 def download_hint(option: str, value: str, reward: str, what: str = "the weights") -> str:
     """How to obtain weights that are not here: the command to run on a machine with internet, then the option."""
-    if os.path.sep in str(value) or str(value).startswith((".", "~")) or os.path.isabs(str(value)):
+    value = str(value)
+    looks_local = value.startswith(("/", ".", "~")) or "\\" in value or value.count("/") > 1 or os.path.exists(value)
+    if looks_local:
         return (
-            f"{reward}: {what} not found at {option}={value!r}. Pass {option}=<a local folder holding them> "
+            f"{reward}: cannot find {what} at {option}={value!r}. Pass {option}=<a local folder holding them> "
             f"(e.g. made with `huggingface-cli download <hub id> --local-dir <folder>` on a machine with internet)."
         )
     return (
@@ -318,7 +320,17 @@ def save_tiny_clip(path: str, *, image_size: int = 32, projection_dim: int = 16,
             vocab[ch + suffix] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    try:
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=[])  # transformers 5: tokenizers-backed, built from a dict
+    except TypeError:  # transformers 4: built from files
+        import json
+
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "vocab.json"), "w") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(path, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )

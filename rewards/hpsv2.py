@@ -5,12 +5,14 @@ As in DiffusionNFT's scorer the float image tensor is resized straight to 224 x 
 normalised with the OpenAI CLIP mean/std, in torch; the prompt goes through the open_clip ViT-H-14 tokenizer.
 
 Needs ``open_clip`` (``pip install 'flowrl-bench[hpsv2]'``, i.e. open-clip-torch), or the ``hpsv2`` package's
-vendored copy (``hpsv2.src.open_clip``); both are imported only when the reward is first called. The weights are the
+vendored copy (``hpsv2.src.open_clip``). Constructing the reward only checks that one is installed (a clear
+ImportError naming the extra otherwise); it is imported, and the model loaded, on the first call. The weights are the
 single file ``HPS_v2.1_compressed.pt`` (the whole model's state dict), from the hub repo ``xswu/HPSv2``.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import torch
@@ -26,8 +28,26 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 INSTALL_HINT = "pip install 'flowrl-bench[hpsv2]'  (installs open-clip-torch)"
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    import importlib.util
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_open_clip() -> None:
+    """Fail fast (at construction) with the extra to install when neither open_clip nor hpsv2 is installed."""
+    if not (_installed("open_clip") or _installed("hpsv2")):
+        raise ImportError(f"the hpsv2 reward needs open_clip, which is not installed: {INSTALL_HINT}")
+
+
 def import_open_clip():
-    """``open_clip`` from open-clip-torch, else the ``hpsv2`` package's vendored copy; a clear ImportError if neither."""
+    """``open_clip`` from open-clip-torch, else the ``hpsv2`` package's vendored copy; ImportError if neither."""
     try:
         import open_clip
 
@@ -72,6 +92,7 @@ class HPSv2Reward:
     ):
         if version not in HPS_FILES:
             raise ValueError(f"hpsv2: version must be one of {sorted(HPS_FILES)}, got {version!r}")
+        require_open_clip()
         self.checkpoint = checkpoint
         self.version = version
         self.device = resolve_device(device)

@@ -2,11 +2,13 @@
 
 ``imagereward`` = the model's z-scored reward (about -2 .. 2, reported raw), one (prompt, image) pair at a time on
 the uint8 image, as the reference's ``inference_rank``/``score`` does. Needs the ``image-reward`` package
-(``pip install 'flowrl-bench[imagereward]'``), imported only when the reward is first called.
+(``pip install 'flowrl-bench[imagereward]'``): constructing the reward checks it is installed (a clear ImportError
+naming the extra otherwise); it is imported, and the model loaded, on the first call.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import torch
@@ -16,13 +18,29 @@ from rewards.clip_rewards import resolve_device, resolve_dtype, uint8_to_pil
 
 INSTALL_HINT = "pip install 'flowrl-bench[imagereward]'  (installs image-reward)"
 IMAGEREWARD_REPO = "THUDM/ImageReward"
+MISSING = f"the imagereward reward needs the image-reward package, which is not installed: {INSTALL_HINT}"
+
+
+def require_imagereward() -> None:
+    """Fail fast (at construction) with the extra to install when image-reward is not installed."""
+    import importlib.util
+
+    if "ImageReward" in sys.modules:
+        ok = sys.modules["ImageReward"] is not None
+    else:
+        try:
+            ok = importlib.util.find_spec("ImageReward") is not None
+        except (ImportError, ValueError):
+            ok = False
+    if not ok:
+        raise ImportError(MISSING)
 
 
 def import_imagereward():
     try:
         import ImageReward  # type: ignore[import-not-found]
     except ImportError as e:
-        raise ImportError(f"the imagereward reward needs the image-reward package, which is not installed: {INSTALL_HINT}") from e
+        raise ImportError(MISSING) from e
     return ImageReward
 
 
@@ -45,6 +63,7 @@ class ImageRewardReward:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ):
+        require_imagereward()
         self.model_name = str(model)
         self.download_root = download_root
         self.med_config = med_config
@@ -69,7 +88,8 @@ class ImageRewardReward:
                         f"imagereward: cannot load model={self.model_name!r} ({type(e).__name__}: {e}). On a machine "
                         f"with internet run `huggingface-cli download {IMAGEREWARD_REPO} ImageReward.pt "
                         f"med_config.json --local-dir <folder>`, copy the folder here and pass "
-                        f"model=<folder>/ImageReward.pt, med_config=<folder>/med_config.json (or download_root=<folder>)."
+                        f"model=<folder>/ImageReward.pt, med_config=<folder>/med_config.json "
+                        f"(or download_root=<folder>)."
                     ) from e
                 self._model = model.eval().requires_grad_(False).to(dtype=self.dtype)
         return self._model

@@ -37,7 +37,8 @@ def test_round_trip_keeps_the_schema_and_values(tmp_path):
     assert df["seed"].dtype == "int64" and df["epoch"].dtype == "int64" and df["value"].dtype == "float64"
     assert sorted(df["key"]) == ["cum/gpu_hours", "eval/strict_accuracy/position", "train/loss"]
     row = df[df["key"] == "train/loss"].iloc[0]
-    assert (row["run_id"], row["method"], row["world"], row["reward"], row["seed"]) == ("run-a", "nft", "toy", "geneval", 3)
+    run = (row["run_id"], row["method"], row["world"], row["reward"], row["seed"])
+    assert run == ("run-a", "nft", "toy", "geneval", 3)
     assert (row["epoch"], row["value"], row["time"]) == (1, 2.0, 101.0)
     assert len(list((tmp_path / "run-a" / "records").glob("part-*.parquet"))) == 2
     meta = json.loads((tmp_path / "run-a" / "meta.json").read_text())
@@ -148,6 +149,7 @@ def test_run_ids_are_unique_or_deterministic_and_path_safe():
 
 def test_provenance_has_versions_and_host():
     provenance = collect_provenance()
-    assert {"git_commit", "git_dirty", "python", "packages", "hostname", "cpu_count", "platform", "gpus"} <= set(provenance)
+    expected = {"git_commit", "git_dirty", "python", "packages", "hostname", "cpu_count", "platform", "gpus"}
+    assert expected <= set(provenance)
     assert provenance["packages"]["pandas"] == pd.__version__
     json.dumps(provenance)  # must be storable in meta.json as is

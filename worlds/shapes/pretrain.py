@@ -2,7 +2,9 @@
 
 Runbook (the shipped checkpoint was made with the first line; see worlds/shapes/checkpoint/train_log.jsonl):
 
-    python -m worlds.shapes.pretrain --device cuda --steps 12000 --out runs/shapes_pretrain
+    python -m worlds.shapes.pretrain --device cuda --steps 4000 --out runs/shapes_pretrain
+    python -m worlds.shapes.pretrain --device cuda --init-from runs/shapes_pretrain/step004000 \
+        --step-offset 4000 --batch-size 256 --steps 6000 --eval-every 1000 --out runs/shapes_pretrain
     python -m worlds.shapes.pretrain --device cpu  --steps 9000  --out runs/shapes_pretrain   # ~45-60 min, 2 cores
 
 Data: scenes rendered on the fly from the world's *train* metadata (so prompts are GenEval-formatted) mixed with
@@ -50,6 +52,10 @@ class PretrainConfig:
     eval_every: int = 2000
     eval_prompts: int = 256
     """Test prompts per in-training evaluation (x 2 images)."""
+    init_from: str = ""
+    """Snapshot folder to continue from ("" = random init). Steps count from 0 again."""
+    step_offset: int = 0
+    """Added to logged step numbers and snapshot names when continuing from a snapshot."""
 
 
 CHUNK = 2000
@@ -98,8 +104,11 @@ def train(cfg: PretrainConfig, out: Path, device: str, workers: int) -> None:
     t0 = time.time()
     images, captions = build_dataset(cfg, workers)
     print(f"rendered {len(captions)} scenes in {time.time() - t0:.1f} s", flush=True)
-    policy = T2IPolicy(build_shapes_model(seed=cfg.seed), PolicyOptions(max_sequence_length=0))
-    policy.to(device)
+    if cfg.init_from:  # continue from a snapshot (fresh optimizer and warm-up): how the shipped model was made
+        policy = T2IPolicy.from_pretrained(cfg.init_from, PolicyOptions(max_sequence_length=0), device=device)
+    else:
+        policy = T2IPolicy(build_shapes_model(seed=cfg.seed), PolicyOptions(max_sequence_length=0))
+        policy.to(device)
     encoders = policy.text_encoders
     modules = [policy.transformer, *encoders]
     for m in modules:
@@ -132,16 +141,16 @@ def train(cfg: PretrainConfig, out: Path, device: str, workers: int) -> None:
         opt.step()
         sched.step()
         if step % 100 == 0:
-            rec = {"step": step, "loss": loss.item(), "grad_norm": gn.item(), "lr": sched.get_last_lr()[0],
+            rec = {"step": step + cfg.step_offset, "batch_size": cfg.batch_size, "loss": loss.item(), "grad_norm": gn.item(), "lr": sched.get_last_lr()[0],
                    "elapsed_s": time.time() - t_train}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             for m in modules:
                 m.eval()
-            snap = out / f"step{step:06d}"
+            snap = out / f"step{step + cfg.step_offset:06d}"
             policy.save_pretrained(snap)
-            rec = {"step": step, "elapsed_s": time.time() - t_train}
+            rec = {"step": step + cfg.step_offset, "elapsed_s": time.time() - t_train}
             for gscale in (1.0, 4.5):
                 ecfg = EvalConfig(images_per_prompt=2, num_steps=SHAPES.eval_steps, guidance=gscale,
                                   max_prompts=cfg.eval_prompts, batch_size=256)

@@ -64,24 +64,35 @@ class Scene:
     width: int = IMAGE_SIZE
 
 
+def shape_template(shape: str, width: int, height: int) -> np.ndarray:
+    """Boolean ``[height, width]`` mask of ``shape`` inscribed in a ``width x height`` box (pixel-centre test).
+
+    The renderer uses it for square boxes; the detector compares blobs with it in their own (maybe non-square)
+    box. Every comparison is exact in floating point (all terms are multiples of 0.25), so detector and renderer
+    agree to the pixel. The triangle points up, apex on the top edge, base on the bottom edge: pixel row ``y``
+    (centre height ``y + 0.5`` below the top) keeps pixels within ``(y + 0.5) / 2`` (scaled by width / height) of
+    the vertical axis -- the exact triangle sampled at the row's centre -- but at least 0.5, so an even width gets a
+    2-pixel apex instead of an empty top row. Its fill ratio is then about 0.50-0.53 at 7-12 px.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES}")
+    x = np.arange(width)[None, :] + 0.5 - width / 2  # offset of pixel centres from the box's vertical axis
+    y = np.arange(height)[:, None] + 0.5  # depth of pixel centres below the box's top edge
+    if shape == "square":
+        return np.ones((height, width), dtype=bool)
+    if shape == "circle":  # ellipse inscribed in the box; a disc of diameter `size` for a square box
+        return (x * height) ** 2 + ((y - height / 2) * width) ** 2 <= (width * height / 2) ** 2
+    return np.abs(x) * height <= np.maximum(y * width / 2, 0.5 * height)
+
+
 def object_mask(obj: SceneObject, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> np.ndarray:
-    """Boolean ``[height, width]`` mask of the pixels whose centre lies inside ``obj``."""
-    if obj.shape not in SHAPES:
-        raise ValueError(f"unknown shape {obj.shape!r}; shapes are {SHAPES}")
+    """Boolean ``[height, width]`` mask of the image pixels covered by ``obj`` (its template placed in its box)."""
     x1, y1, x2, y2 = obj.box
-    px = np.arange(width)[None, :] + 0.5
-    py = np.arange(height)[:, None] + 0.5
-    in_box = (px >= x1) & (px < x2) & (py >= y1) & (py < y2)
-    if obj.shape == "square":
-        return in_box
-    if obj.shape == "circle":
-        return in_box & ((px - obj.cx) ** 2 + (py - obj.cy) ** 2 <= (obj.size / 2) ** 2)
-    # Triangle pointing up: apex at the top edge of the box, base on its bottom edge. Pixel row r (0 at the top)
-    # keeps pixels whose centre is within (r + 0.5) / 2 of the vertical axis -- the exact triangle sampled at the
-    # row's centre -- but at least 0.5, so that even sizes get a 2-pixel apex instead of an empty top row. The
-    # rendered box is then exactly size x size and the fill ratio area / size^2 is about 0.50-0.57.
-    half_width = np.maximum((py - y1) / 2, 0.5)
-    return in_box & (np.abs(px - obj.cx) <= half_width)
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise ValueError(f"{obj} does not fit in a {width} x {height} image")
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y1:y2, x1:x2] = shape_template(obj.shape, obj.size, obj.size)
+    return mask
 
 
 def render(scene: Scene) -> np.ndarray:

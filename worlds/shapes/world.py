@@ -18,7 +18,7 @@ from rollout.prompts import PromptSet, load_geneval_metadata
 HERE = Path(__file__).parent
 CHECKPOINT = HERE / "checkpoint"
 DATA = HERE / "data"
-MAX_TOKENS = 16
+MAX_TOKENS = 20
 
 
 def build_shapes_model(seed: int = 0) -> StableDiffusion3Pipeline:

@@ -1,0 +1,113 @@
+"""Speedups on synthetic curves with hand-computed crossings, published CSVs, and the report build."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.records import RunRecorder, load_results
+from reports.build import build, load_published
+from reports.speedup import isotonic, speedup_table, time_to_reach
+
+TAGS = ("single_object", "position")
+
+
+def test_time_to_reach_interpolates_between_points():
+    x, y = [0, 1, 2, 3], [0.0, 0.2, 0.6, 0.7]
+    assert time_to_reach(x, y, 0.5) == pytest.approx(1.75)  # 1 + (0.5 - 0.2) / (0.6 - 0.2)
+    assert time_to_reach(x, y, 0.7) == pytest.approx(3.0)
+    assert time_to_reach(x, y, -1.0) == 0.0  # already there at the first point
+    assert math.isnan(time_to_reach(x, y, 0.8))  # never
+    shuffled_with_nan = ([3, np.nan, 1, 0, 2], [0.7, 0.9, 0.2, 0.0, 0.6])  # sorted by x, the NaN point dropped
+    assert time_to_reach(*shuffled_with_nan, 0.5) == pytest.approx(1.75)
+
+
+def test_monotone_option_ignores_a_lucky_early_point():
+    x, y = [0, 1, 2, 3], [0.0, 0.6, 0.2, 0.8]
+    assert list(isotonic(y)) == pytest.approx([0.0, 0.4, 0.4, 0.8])
+    assert time_to_reach(x, y, 0.5) == pytest.approx(5 / 6)  # raw: 0 + 0.5 / 0.6
+    assert time_to_reach(x, y, 0.5, monotone=True) == pytest.approx(2.25)  # 2 + (0.5 - 0.4) / (0.8 - 0.4)
+
+
+def write_run(root, method, seed, epochs, gpu_hours_per_epoch, slope, offset, ablation=None, evals=True):
+    """A linear reward curve ``slope * epoch + offset`` with cumulative GPU-hours and wall-clock."""
+    meta = {"method": method, "world": "toy", "reward": "geneval", "seed": seed, "provenance": {}, "ablation": ablation}
+    with RunRecorder(root, f"{method}-s{seed}", meta) as recorder:
+        for epoch in range(epochs):
+            hours = gpu_hours_per_epoch * epoch
+            recorder.log(epoch, {"reward/avg_mean": slope * epoch + offset, "cum/gpu_hours": hours,
+                                 "cum/wall_s": 3600 * hours, "time/rollout_s": 1.0})
+            if evals and epoch in (0, epochs - 1):
+                recorder.log(epoch, {f"eval/strict_accuracy/{tag}": 0.5 + 0.04 * epoch for tag in TAGS})
+            recorder.flush()
+
+
+def synthetic_store(root, evals=True, methods=("nft", "flowgrpo")):
+    """NFT: 1 GPU-h/epoch, reward 0.1*epoch +/- 0.02. FlowGRPO: 2 GPU-h/epoch, reward 0.045*epoch +/- 0.01."""
+    for seed, sign in ((0, -1), (1, 1)):
+        if "nft" in methods:
+            write_run(root, "nft", seed, 11, 1.0, 0.1, 0.02 * sign, evals=evals)
+        if "flowgrpo" in methods:
+            write_run(root, "flowgrpo", seed, 11, 2.0, 0.045, 0.01 * sign, evals=evals)
+
+
+def test_speedup_matches_hand_computed_crossings(tmp_path):
+    synthetic_store(tmp_path)
+    table = speedup_table(load_results(tmp_path), "reward/avg_mean", n_boot=300, seed=1).set_index("target")
+    # FlowGRPO's mean curve ends at 0.45 after 20 GPU-h; NFT's mean curve 0.1 * x crosses 0.45 at x = 4.5.
+    grpo_final = table.loc["flowgrpo final"]
+    assert grpo_final["target_value"] == pytest.approx(0.45)
+    assert grpo_final["x_a"] == pytest.approx(4.5) and grpo_final["x_b"] == pytest.approx(20.0)
+    assert grpo_final["speedup"] == pytest.approx(20 / 4.5)
+    assert grpo_final["ci_low"] <= 20 / 4.5 <= grpo_final["ci_high"]
+    assert 4.0 < grpo_final["ci_low"] and grpo_final["ci_high"] < 5.0  # resampled offsets move x_a within 4.2..4.8
+    assert grpo_final["boot_reached"] == 1.0
+    # NFT ends at 1.0 after 10 GPU-h, which FlowGRPO never reaches: speedup unknown, but at least 20 / 10.
+    nft_final = table.loc["nft final"]
+    assert nft_final["x_a"] == pytest.approx(10.0) and math.isnan(nft_final["x_b"])
+    assert math.isnan(nft_final["speedup"]) and nft_final["lower_bound"] == pytest.approx(2.0)
+
+
+def test_speedup_refuses_mixed_rewards_and_missing_methods(tmp_path):
+    synthetic_store(tmp_path, methods=("nft",))
+    df = load_results(tmp_path)
+    with pytest.raises(ValueError, match="flowgrpo"):
+        speedup_table(df, "reward/avg_mean", n_boot=10)
+    with pytest.raises(ValueError, match="one reward"):
+        speedup_table(pd.concat([df, df.assign(reward="ocr")]), "reward/avg_mean", n_boot=10)
+
+
+def test_published_csvs_are_labelled_data():
+    published = load_published()
+    assert set(published["confidence"]) <= {"exact", "transcribed", "read-off-plot"}
+    assert published["source"].notna().all() and published["metric"].notna().all()
+    files = set(published["file"])
+    assert {"diffusionnft_table1.csv", "diffusionnft_single_reward.csv", "head_to_head_efficiency.csv",
+            "flowgrpo_table2.csv", "flowgrpo_geneval_tasks.csv"} <= files
+    single = published[(published["model"] == "DiffusionNFT (GenEval)") & (published["metric"] == "geneval")]
+    assert single["value"].tolist() == [0.98]
+
+
+def test_build_writes_plots_and_labels_measured_and_published_rows(tmp_path):
+    synthetic_store(tmp_path / "results")
+    write_run(tmp_path / "results", "nft", 2, 11, 1.0, 0.05, 0.0, ablation="half-lr")  # must not join the nft seeds
+    report = build(tmp_path / "results", tmp_path / "out", n_boot=50)
+    text = report.read_text()
+    for png in ("reward_vs_gpu_hours.png", "reward_vs_wall_clock.png", "ablation_toy_geneval.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 0 and f"({png})" in text
+    assert "measured (this harness, toy)" in text
+    assert "published: FlowGRPO (arXiv 2505.05470 v5) GenEval per task, exact" in text
+    assert "published: DiffusionNFT (arXiv 2509.16117) Fig. 1a / Fig. 6, read-off-plot" in text
+    assert "| flowgrpo final | 0.45 | 4.5 | 20 | 4.444 |" in text  # measured speedup, ablation run left out
+    assert "1 runs carry an `ablation` label" in text
+
+
+def test_build_copes_with_one_method_and_no_evals(tmp_path):
+    synthetic_store(tmp_path / "results", evals=False, methods=("flowgrpo",))
+    text = build(tmp_path / "results", tmp_path / "out", n_boot=10).read_text()
+    assert "no speedup" in text and "No measured eval rows" in text
+    assert "published: FlowGRPO (arXiv 2505.05470 v5) Table 2, exact" in text
+    empty = build(tmp_path / "nothing", tmp_path / "out2", n_boot=10).read_text()
+    assert "No measured runs found" in empty
