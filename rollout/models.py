@@ -155,12 +155,13 @@ class T2IPolicy:
 
     def velocity(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor],
                  guidance: float = 1.0, neg: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 integer_timestep: bool | None = None) -> torch.Tensor:
+                 integer_timestep: bool | None = None, detach_uncond: bool = False) -> torch.Tensor:
         """Predicted velocity ``v ~ eps - x0`` at ``(x, sigma)``; float32 output.
 
         ``guidance > 1`` runs classifier-free guidance in ONE batched forward over ``[neg; cond]``
         (``v = v_u + g (v_c - v_u)``); ``neg`` defaults to the empty prompt's embedding.
         ``integer_timestep`` defaults to the options' ``timestep_mode`` (sampling); training passes False.
+        ``detach_uncond`` stops gradients through the unconditional branch (a FlowGRPO reference variant).
         """
         if integer_timestep is None:
             integer_timestep = self.options.timestep_mode == "int"
@@ -183,6 +184,8 @@ class T2IPolicy:
         out = out.float()
         if guidance != 1.0:
             v_u, v_c = out.chunk(2)
+            if detach_uncond:
+                v_u = v_u.detach()
             return v_u + guidance * (v_c - v_u)
         return out
 

@@ -1,0 +1,211 @@
+"""Typed run configuration: one dataclass tree, presets per task, a config file and ``key=value`` overrides.
+
+Resolution order: dataclass defaults -> world/task preset -> ``--config`` file (JSON or YAML) -> ``key=value``
+overrides (dotted paths, e.g. ``nft.nft_beta=0.1 optim.lr=1e-3 lora.rank=16``). The resolved config is stored with
+every run (``results/<run_id>/meta.json``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from methods.base import OptimConfig
+from methods.cfg import CFGConfig
+from methods.flowgrpo import FlowGRPOConfig
+from methods.nft import NFTConfig
+from rollout.lora import LoraOptions
+
+Task = Literal["geneval", "ocr", "pickscore", "hpsv2", "multi_reward"]
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; every field is a flag or a ``key=value`` override."""
+
+    method: str = "nft"
+    """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, cfg."""
+    world: str = "shapes"
+    """"shapes" (built-in CPU world) or a path / hub id of an SD3 pipeline (paper scale)."""
+    task: Task = "geneval"
+    """Paper preset (prompt sets and hyperparameters) used at paper scale."""
+    reward: str = "geneval"
+    """Reward spec: a name or "name:weight,name:weight" (paper names; the world maps them)."""
+    seed: int = 0
+    epochs: int = 60
+    """Maximum epochs; the run also stops at a wall-clock or device-hour budget."""
+    budget_wall_s: float = 0.0
+    """Stop once rollout + reward + train wall-clock exceeds this (0 = no limit; evaluation time excluded)."""
+    budget_gpu_hours: float = 0.0
+    """Stop once device-hours (wall x devices, evaluation excluded) exceed this (0 = no limit)."""
+    prompts_per_epoch: int = 8
+    """Distinct prompts per epoch (paper: 48)."""
+    images_per_prompt: int = 8
+    """Group size K (paper: 24)."""
+    rollout_batch_size: int = 32
+    """Images per sampling batch per rank."""
+    resolution: int = 0
+    """Image side in pixels (0 = the world's)."""
+    eval_every: int = 10
+    """Evaluate every N epochs (and at epoch 0 and at the end); 0 disables in-run evaluation."""
+    eval_prompts: int = 256
+    """Test prompts per evaluation (0 = all); x eval_images_per_prompt images."""
+    eval_images_per_prompt: int = 4
+    eval_steps: int = 0
+    """Euler steps of the evaluation (0 = the world's: 10 for shapes, 40 at paper scale)."""
+    checkpoint_every: int = 1
+    """Write the resume checkpoint every N epochs (atomic; LoRA-sized)."""
+    out: str = "results"
+    """Results root; a run writes results/<run_id>/."""
+    run_id: str = ""
+    """Fixed run id (resume it); empty = a new id from method, reward, seed and time."""
+    ablation: str = ""
+    """Label that files this run under the report's ablations instead of the main curves."""
+    device: str = ""
+    """Torch device (empty = cuda when available, else cpu)."""
+    reward_workers: int = 2
+    """Threads scoring rewards while sampling continues."""
+    tensorboard: bool = True
+    """Write TensorBoard curves and sample grids under the run folder."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works)."""
+    profile: bool = False
+    """Count passes and time raw model compute to report the harness overhead ratio."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    nft: NFTConfig = field(default_factory=NFTConfig)
+    flowgrpo: FlowGRPOConfig = field(default_factory=FlowGRPOConfig)
+    cfg: CFGConfig = field(default_factory=CFGConfig)
+
+
+# ------------------------------------------------------------------------------------------------- presets
+SHAPES_PRESET = {
+    # Tuned on the shapes world with the same effort for both methods: docs/tuning.md.
+    "lora.rank": 16, "lora.alpha": 32, "optim.lr": 1e-3,
+    "prompts_per_epoch": 8, "images_per_prompt": 8, "rollout_batch_size": 32,
+    "nft.train_batch_size": 16, "nft.num_steps": 10,
+    "flowgrpo.train_batch_size": 16, "flowgrpo.num_steps": 10,
+    "cfg.num_steps": 10,
+}
+PAPER_PRESETS: dict[str, dict] = {
+    "geneval": {"reward": "geneval", "nft.nft_beta": 1.0, "nft.decay_type": "1", "nft.steps_per_epoch": 1,
+                "flowgrpo.kl_beta": 0.04},
+    "ocr": {"reward": "ocr", "nft.nft_beta": 0.1, "nft.decay_type": "2", "nft.steps_per_epoch": 2,
+            "flowgrpo.kl_beta": 0.04},
+    "pickscore": {"reward": "pickscore", "nft.nft_beta": 1.0, "nft.decay_type": "1", "nft.steps_per_epoch": 1,
+                  "flowgrpo.kl_beta": 0.01},
+    "hpsv2": {"reward": "hpsv2", "nft.nft_beta": 1.0, "nft.decay_type": "1", "nft.steps_per_epoch": 1,
+              "flowgrpo.kl_beta": 0.01},
+    "multi_reward": {"reward": "pickscore:1,hpsv2:1,clipscore:1", "nft.nft_beta": 0.1, "nft.decay_type": "1",
+                     "nft.steps_per_epoch": 1, "nft.num_steps": 25},
+}
+PAPER_COMMON = {"prompts_per_epoch": 48, "images_per_prompt": 24, "rollout_batch_size": 9, "lora.rank": 32,
+                "lora.alpha": 64, "optim.lr": 3e-4, "nft.train_batch_size": 9, "flowgrpo.train_batch_size": 9,
+                "eval_every": 10, "checkpoint_every": 1, "cfg.num_steps": 40}
+
+
+def preset(world: str, task: str) -> dict:
+    if world == "shapes":
+        return dict(SHAPES_PRESET)
+    if task not in PAPER_PRESETS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(PAPER_PRESETS)}")
+    return {**PAPER_COMMON, **PAPER_PRESETS[task]}
+
+
+# ------------------------------------------------------------------------------------------------- overrides
+def _coerce(value, typ, key: str):
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        if value not in typing.get_args(typ):
+            raise ValueError(f"setting {key}={value!r}: choose one of {typing.get_args(typ)}")
+        return value
+    if typ is bool or typ == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"setting {key}={value!r}: expected true or false")
+    if origin is list:
+        return value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+    for t in (int, float, str):
+        if typ is t or typ == t.__name__:
+            try:
+                return t(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"setting {key}={value!r}: expected {t.__name__}") from None
+    return value
+
+
+def set_path(cfg, key: str, value) -> None:
+    """Set a dotted field (``nft.nft_beta``) with type checking; unknown keys name the valid ones."""
+    obj, parts = cfg, key.split(".")
+    for p in parts[:-1]:
+        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+            raise KeyError(f"unknown setting '{key}': '{p}' is not a section; sections: "
+                           f"{[f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]}")
+        obj = getattr(obj, p)
+    hints = typing.get_type_hints(type(obj))
+    if parts[-1] not in hints:
+        raise KeyError(f"unknown setting '{key}'; valid here: {sorted(f.name for f in dataclasses.fields(obj))}")
+    setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of settings")
+    return flatten(data)
+
+
+def resolve(base: dict, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- preset(world, task) <- config file <- overrides; ``base`` holds flag values (method, world...)."""
+    cfg = RunConfig()
+    for k, v in base.items():
+        set_path(cfg, k, v)
+    file_values = load_file(config_file) if config_file else {}
+    for src in ("world", "task"):  # the file and overrides may change the preset's own keys
+        if src in file_values:
+            set_path(cfg, src, file_values[src])
+    override_pairs = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. nft.nft_beta=0.1)")
+        k, v = item.split("=", 1)
+        override_pairs.append((k.strip(), v.strip()))
+    for k, v in override_pairs:
+        if k in ("world", "task"):
+            set_path(cfg, k, v)
+    for k, v in preset(cfg.world, cfg.task).items():
+        if k not in base:
+            set_path(cfg, k, v)
+    for k, v in file_values.items():
+        set_path(cfg, k, v)
+    for k, v in override_pairs:
+        set_path(cfg, k, v)
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,158 @@
+"""The interface every method implements, and the pieces they share.
+
+A method (one file each, registered in :mod:`methods.registry`):
+
+1. declares how to roll out (:class:`RolloutSpec`: solver, steps, guidance, which adapter samples, whether to keep
+   the trajectory) -- the trainer performs the rollout with the shared core;
+2. turns an epoch's :class:`RolloutBatch` (with rewards and group advantages) into optimizer steps
+   (:meth:`Method.train_epoch`), returning metrics with shared names where they mean the same thing
+   (``loss``, ``policy_loss``, ``kl_loss``, ``grad_norm``, ``lr``);
+3. owns its state for checkpoints (:meth:`Method.state_dict`), including the EMA used for evaluation.
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from rollout import lora
+from rollout.models import T2IPolicy
+from rollout.samplers import Solver
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the trainable LoRA (references: lr 3e-4, betas (0.9, 0.999), wd 1e-4, eps 1e-8, constant lr)."""
+
+    lr: float = 3e-4
+    """Learning rate (constant)."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip before every optimizer step."""
+
+
+@dataclass
+class RolloutSpec:
+    """How the trainer samples an epoch for a method."""
+
+    solver: Solver
+    num_steps: int
+    guidance: float
+    adapter: Literal["default", "old"]
+    """Which LoRA adapter samples: NFT samples with the soft-updated ``old`` policy, FlowGRPO with the current one."""
+    noise_level: float = 0.7
+    keep_trajectory: bool = False
+    sde_window: tuple[int, int] | None = None
+    integer_timestep: bool = True
+    """Transformer timestep at sampling: truncated int (NFT reference) or float (FlowGRPO reference)."""
+
+
+@dataclass
+class RolloutBatch:
+    """One rank's share of an epoch's rollout, with rewards and advantages filled in by the trainer."""
+
+    prompts: list[str]
+    metadata: list[dict]
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    x0: torch.Tensor  # final clean latents [N, C, H, W]
+    sigmas: torch.Tensor  # the sampler's sigma table [T + 1]
+    latents: torch.Tensor | None = None  # [N, T, C, H, W] step inputs (SDE methods)
+    next_latents: torch.Tensor | None = None  # [N, T, C, H, W] step outputs
+    log_probs: torch.Tensor | None = None  # [N, T]
+    stochastic: list[bool] = field(default_factory=list)
+    rewards: dict[str, torch.Tensor] = field(default_factory=dict)
+    advantages: torch.Tensor | None = None  # [N]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class Method(ABC):
+    """Base class: holds the policy, the optimizer over the ``default`` adapter and the EMA."""
+
+    name: str = "method"
+    trains: bool = True
+
+    def __init__(self, policy: T2IPolicy, optim: OptimConfig, seed: int = 0):
+        self.policy = policy
+        self.optim_cfg = optim
+        self.seed = seed
+        self.global_step = 0
+        self.params = lora.trainable_parameters(policy.transformer) if self.trains else []
+        self.optimizer = (torch.optim.AdamW(self.params, lr=optim.lr, betas=(optim.beta1, optim.beta2),
+                                            weight_decay=optim.weight_decay, eps=optim.eps) if self.params else None)
+        self.ema = lora.EMA(policy.transformer) if self.trains else None
+
+    # ------------------------------------------------------------------ interface
+    @abstractmethod
+    def rollout_spec(self, epoch: int) -> RolloutSpec:
+        ...
+
+    @abstractmethod
+    def train_epoch(self, batch: RolloutBatch, epoch: int, generator: torch.Generator) -> dict[str, float]:
+        ...
+
+    def eval_guidance(self) -> float:
+        """CFG scale used when this method's model is evaluated (the method's own protocol)."""
+        return 1.0
+
+    def eval_context(self):
+        """Evaluation and checkpoints use the EMA weights (swapped in, then back)."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        t = self.policy.transformer
+        return {
+            "global_step": self.global_step,
+            "default": {k: v.detach().clone() for k, v in lora.adapter_params(t, lora.TRAINABLE).items()},
+            "old": {k: v.detach().clone() for k, v in lora.adapter_params(t, lora.OLD).items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        t = self.policy.transformer
+        self.global_step = state["global_step"]
+        with torch.no_grad():
+            for name in (lora.TRAINABLE, lora.OLD):
+                for k, p in lora.adapter_params(t, name).items():
+                    p.copy_(state[name][k])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    # ------------------------------------------------------------------ shared step
+    def optimizer_step(self) -> dict[str, float]:
+        """All-reduce LoRA gradients over ranks (mean, as DDP), clip, AdamW step, zero grads."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(dist.get_world_size())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim_cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        return {"grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
+
+
+def micro_batches(n: int, size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Indices of ``n`` samples split into micro-batches of ``size`` (shuffled when a generator is given)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return [order[i:i + size] for i in range(0, n, size)]
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}

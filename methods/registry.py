@@ -1,0 +1,51 @@
+"""Method registry: a new method is one file plus one entry here.
+
+Each entry names the method class, its config class and the field of :class:`bench.config.RunConfig` that holds
+its config, plus fixed overrides that define a variant (``flowgrpo-fast`` is FlowGRPO with a CPS window).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from methods.base import Method, OptimConfig
+from methods.cfg import CFGBaseline, CFGConfig
+from methods.flowgrpo import FlowGRPO, FlowGRPOConfig
+from methods.nft import DiffusionNFT, NFTConfig
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    cls: type[Method]
+    config_cls: type
+    config_field: str
+    variant: dict = field(default_factory=dict)
+    """Overrides on the method's config that define this variant."""
+
+
+REGISTRY: dict[str, MethodEntry] = {
+    "nft": MethodEntry(DiffusionNFT, NFTConfig, "nft"),
+    "flowgrpo": MethodEntry(FlowGRPO, FlowGRPOConfig, "flowgrpo"),
+    # reference configs geneval_sd3_fast_nocfg / pickscore_sd3_fast_nocfg: CPS window of 3 in the first half
+    "flowgrpo-fast": MethodEntry(FlowGRPO, FlowGRPOConfig, "flowgrpo", dict(
+        solver="cps", noise_level=0.8, clip_range=1e-5, kl_beta=0.0, sde_window=3, guidance=1.0, eval_guidance=1.0)),
+    "cfg": MethodEntry(CFGBaseline, CFGConfig, "cfg"),
+}
+
+
+def method_config(name: str, base):
+    """The method's config for variant ``name`` (variant overrides applied on top of ``base``)."""
+    entry = get(name)
+    return replace(base, **entry.variant) if entry.variant else base
+
+
+def get(name: str) -> MethodEntry:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def build_method(name: str, policy, method_cfg, optim: OptimConfig, seed: int) -> Method:
+    entry = get(name)
+    method = entry.cls(policy, method_cfg, optim, seed=seed)
+    method.name = name
+    return method
