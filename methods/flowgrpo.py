@@ -172,7 +172,7 @@ class FlowGRPO(Method):
                 loss, info = grpo_loss(log_prob, old, adv, cfg.clip_range, cfg.adv_clip_max, mean, mean_ref, std,
                                        cfg.kl_beta)
                 (loss / (accum * len(steps))).backward()
-                rows.append({"loss": float(loss), **{key: float(v) for key, v in info.items()}})
+                rows.append({"loss": float(loss.detach()), **{key: float(v) for key, v in info.items()}})
             if (k + 1) % accum == 0:
                 step_rows.append(self.optimizer_step())
             if (self.global_step + 1) % cfg.ema_every == 0:

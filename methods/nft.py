@@ -202,7 +202,7 @@ class DiffusionNFT(Method):
                                       cfg.adv_clip_max, weighting=cfg.loss_weighting,
                                       negative_branch=cfg.negative_branch)
                 (loss / (accum * n_train_t)).backward()
-                rows.append({"loss": float(loss), "policy_loss": float(info["policy_loss"]),
+                rows.append({"loss": float(loss.detach()), "policy_loss": float(info["policy_loss"]),
                              "kl_loss": float(info["kl_loss"]),
                              "positive_loss": float(info["positive_loss"].mean()),
                              "negative_loss": float(info["negative_loss"].mean())})
