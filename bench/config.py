@@ -89,6 +89,8 @@ SHAPES_PRESET = {
     "nft.train_batch_size": 16, "nft.num_steps": 10,
     "flowgrpo.train_batch_size": 16, "flowgrpo.num_steps": 10,
     "cfg.num_steps": 10,
+    # the default comparison: equal 240 s of training wall-clock per method, eval on 128 prompts x 4 images
+    "epochs": 1000, "budget_wall_s": 240.0, "eval_every": 5, "eval_prompts": 128,
 }
 PAPER_PRESETS: dict[str, dict] = {
     "geneval": {"reward": "geneval", "nft.nft_beta": 1.0, "nft.decay_type": "1", "nft.steps_per_epoch": 1,

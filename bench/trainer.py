@@ -27,7 +27,7 @@ from bench.eval import EvalConfig, evaluate
 from bench.records import RunRecorder, make_run_id
 from bench.worlds import load_world
 from methods import registry
-from methods.base import RolloutBatch
+from methods.base import RolloutBatch, derive_seed
 from rewards import AsyncRewards, build_reward
 from rollout import lora
 from rollout.advantages import group_advantages
@@ -40,13 +40,6 @@ def world_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
-
-
-def derive_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (Python's hash() of strings changes per process)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 def gather_objects(obj) -> list:
@@ -160,12 +153,14 @@ class Trainer:
             else contextlib.nullcontext()
         latent_dtype = torch.float16 if self.device.type == "cuda" else None
         with adapter, torch.no_grad():
+            shard_start = self.rank * self.sampler.batches_per_epoch * self.sampler.batch_size
             for b, idx in enumerate(self.sampler.batches(epoch)):
                 prompts = [self.train_set.prompts[i] for i in idx]
                 metadata = [self.train_set.metadata[i] for i in idx]
                 cond = self.policy.encode(prompts)
-                g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch, self.rank, 0, b))
-                x = torch.randn((len(idx), *shape), generator=g).to(self.device)
+                ids = list(range(shard_start + b * len(idx), shard_start + (b + 1) * len(idx)))
+                g = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch, i, 0)) for i in ids]
+                x = torch.stack([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
 
                 def velocity(x_, s, cond=cond):
                     return self.policy.velocity(x_, s, cond, guidance=spec.guidance,
@@ -176,7 +171,7 @@ class Trainer:
                              latent_dtype=latent_dtype)
                 images = self.policy.decode(res.x0)
                 futures.append(self.rewards.submit(images, prompts, metadata))
-                parts.append((prompts, metadata, cond, res))
+                parts.append((prompts, metadata, cond, res, ids))
         t_sample = time.perf_counter() - t0
         scores = [self.rewards.result(f) for f in futures]
         t_reward_wait = time.perf_counter() - t0 - t_sample
@@ -184,7 +179,8 @@ class Trainer:
         batch = RolloutBatch(
             prompts=[p for part in parts for p in part[0]], metadata=[m for part in parts for m in part[1]],
             embeds=cat([part[2][0] for part in parts]), pooled=cat([part[2][1] for part in parts]),
-            x0=cat([part[3].x0 for part in parts]), sigmas=sig)
+            x0=cat([part[3].x0 for part in parts]), sigmas=sig,
+            sample_ids=torch.tensor([i for part in parts for i in part[4]]))
         if spec.keep_trajectory:
             batch.latents = cat([torch.stack(part[3].latents, 1) for part in parts])
             batch.next_latents = cat([torch.stack(part[3].next_latents, 1) for part in parts])

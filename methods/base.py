@@ -70,9 +70,23 @@ class RolloutBatch:
     stochastic: list[bool] = field(default_factory=list)
     rewards: dict[str, torch.Tensor] = field(default_factory=dict)
     advantages: torch.Tensor | None = None  # [N]
+    sample_ids: torch.Tensor | None = None  # [N] position of each sample in the epoch (over all ranks)
+
+    def generators(self, seed: int, epoch: int, salt: int, idx: torch.Tensor | None = None) -> list[torch.Generator]:
+        """One generator per sample, keyed by (seed, epoch, global sample position, salt): per-sample randomness
+        that does not depend on batch composition or on the number of ranks."""
+        ids = self.sample_ids if idx is None else self.sample_ids[idx]
+        return [torch.Generator().manual_seed(derive_seed(seed, epoch, int(i), salt)) for i in ids]
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's hash() of strings changes per process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 class Method(ABC):

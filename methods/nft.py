@@ -178,7 +178,9 @@ class DiffusionNFT(Method):
             raise ValueError(f"nft: {len(chunks)} micro-batches per epoch not divisible by steps_per_epoch="
                              f"{cfg.steps_per_epoch}; change train_batch_size or steps_per_epoch")
         accum = len(chunks) // cfg.steps_per_epoch
-        perms = torch.stack([torch.randperm(len(train_sigmas), generator=generator) for _ in range(n)])[:, :n_train_t]
+        # per-sample timesteps and noise: identical whatever the micro-batching or the number of ranks
+        gens = batch.generators(self.seed, epoch, salt=1)
+        perms = torch.stack([torch.randperm(len(train_sigmas), generator=g) for g in gens])[:, :n_train_t]
         device = policy.device
         rows, step_rows = [], []
         for k, idx in enumerate(chunks):
@@ -187,7 +189,7 @@ class DiffusionNFT(Method):
             r = r_all[idx].to(device)
             for j in range(n_train_t):
                 t = train_sigmas[perms[idx, j]].to(device)
-                eps = torch.randn(x0.shape, generator=generator).to(device)
+                eps = torch.stack([torch.randn(x0.shape[1:], generator=gens[i]) for i in idx.tolist()]).to(device)
                 tt = t.view(-1, 1, 1, 1)
                 x_t = (1 - tt) * x0 + tt * eps
                 with torch.no_grad():

@@ -23,6 +23,21 @@ Solver = Literal["euler", "dpm2", "sde", "cps"]
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 
+Generators = "torch.Generator | list[torch.Generator] | None"
+
+
+def randn_like_per_sample(like: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (float32). ``generator`` may be one generator for the batch or a
+    list with one per sample, which makes every sample's noise independent of batch composition and of how samples
+    are sharded over ranks (so a 2-process run reproduces a 1-process run)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}")
+        eps = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generator])
+        return eps.to(like.device)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+
+
 def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A float or a per-sample tensor [B] as a float32 tensor of shape [B, 1, 1, 1]."""
     t = torch.as_tensor(value, dtype=torch.float32, device=like.device)
@@ -38,7 +53,7 @@ def sde_step(
     sigma_next: float | torch.Tensor,
     noise_level: float,
     prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator=None,
     kind: Literal["sde", "cps"] = "sde",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stochastic step from ``sigma`` to ``sigma_next`` (FlowGRPO), in float32.
@@ -61,8 +76,7 @@ def sde_step(
         mean = x32 * (1 + std_t**2 / (2 * s) * dt) + v32 * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
         gauss_std = std_t * torch.sqrt(-dt)
         if prev_sample is None:
-            eps = torch.randn(x32.shape, generator=generator, device=x32.device, dtype=torch.float32)
-            prev_sample = mean + gauss_std * eps
+            prev_sample = mean + gauss_std * randn_like_per_sample(x32, generator)
         prev32 = prev_sample.float()
         log_prob = (
             -((prev32.detach() - mean) ** 2) / (2 * gauss_std**2)
@@ -76,8 +90,7 @@ def sde_step(
         x1_hat = x32 + (1 - s) * v32
         mean = x0_hat * (1 - s_next) + x1_hat * torch.sqrt(s_next**2 - std**2)
         if prev_sample is None:
-            eps = torch.randn(x32.shape, generator=generator, device=x32.device, dtype=torch.float32)
-            prev_sample = mean + std * eps
+            prev_sample = mean + std * randn_like_per_sample(x32, generator)
         prev32 = prev_sample.float()
         log_prob = -((prev32.detach() - mean) ** 2)
     else:
@@ -140,7 +153,7 @@ def sample(
     sigmas: torch.Tensor,
     solver: Solver,
     noise_level: float = 0.7,
-    generator: torch.Generator | None = None,
+    generator=None,
     sde_window: tuple[int, int] | None = None,
     keep_trajectory: bool | None = None,
     latent_dtype: torch.dtype | None = None,

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.config import resolve
 from bench.records import load_results
 from bench.trainer import Trainer
 from rollout import lora
@@ -73,16 +74,18 @@ def test_resume_is_exact(tmp_path, method):
     pd.testing.assert_series_equal(_train_records(tmp_path / "a"), _train_records(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("method,extra,epochs,margin", [
-    ("nft", ["optim.lr=1e-1", "nft.steps_per_epoch=2"], 16, 0.01),
-    ("flowgrpo", ["optim.lr=3e-2", "flowgrpo.guidance=1.0", "flowgrpo.clip_range=1e-2"], 12, 0.03),
+@pytest.mark.parametrize("method,extra,margin", [
+    ("nft", ["optim.lr=3e-3"], 0.03),
+    ("flowgrpo", ["optim.lr=1e-2", "flowgrpo.guidance=1.0", "flowgrpo.clip_range=1e-2"], 0.02),
 ])
-def test_methods_raise_a_learnable_reward(tmp_path, method, extra, epochs, margin):
-    """Mean brightness rises well beyond its epoch-to-epoch jitter (~0.003) within a few seconds of training."""
-    tr = Trainer(tiny_config(method, tmp_path, "prompts_per_epoch=4", "images_per_prompt=8", "rollout_batch_size=16",
-                             "nft.train_batch_size=8", "flowgrpo.train_batch_size=8", *extra, epochs=epochs),
-                 policy=tiny_policy())
-    tr.run()
+def test_methods_raise_a_learnable_reward(tmp_path, method, extra, margin):
+    """On the shipped shapes base model (the real entry point, 32 px), mean image brightness rises well beyond its
+    epoch-to-epoch jitter (~0.01) within 8 epochs."""
+    cfg = resolve({"method": method, "seed": 0, "epochs": 8}, None, [
+        "prompts_per_epoch=4", "images_per_prompt=8", "rollout_batch_size=16", "eval_every=0", "reward=brightness",
+        "nft.num_steps=4", "flowgrpo.num_steps=4", "nft.train_batch_size=16", "flowgrpo.train_batch_size=16",
+        "tensorboard=false", "reward_workers=1", f"out={tmp_path}", *extra])
+    Trainer(cfg).run()
     df = load_results(tmp_path)
     r = df[df.key == "reward/avg_mean"].sort_values("epoch").value.to_numpy()
-    assert r[-3:].mean() > r[:2].mean() + margin, r
+    assert len(r) == 8 and r[-3:].mean() > r[:2].mean() + margin, r
