@@ -74,10 +74,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for cfg in configs:
             print(json.dumps(asdict(cfg), indent=2))
         return []
+    from bench.distributed import init_distributed, local_device
     from bench.trainer import Trainer
 
+    # torchrun / submitit: join the process group before any Trainer exists; each rank trains on its own GPU
+    _, rank, local_rank = init_distributed()
     summaries = []
     for cfg in configs:
+        cfg.device = local_device(local_rank, cfg.device)
         t0 = time.time()
         print(f"== {cfg.method} | world {cfg.world} | reward {cfg.reward} | seed {cfg.seed} | "
               f"epochs <= {cfg.epochs} | budget {cfg.budget_wall_s or '-'} s", flush=True)
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         score = r["final"].get("eval/strict_accuracy", r["final"].get("eval/avg_mean", float("nan")))
         print(f"  {r['method']:14s} seed {r['seed']}  epochs {r['epochs']:4d}  train wall {r['wall_s']:7.1f} s  "
               f"final {score:.4f}  -> {configs[0].out}/{r['run_id']}")
-    if not args.no_report:
+    if not args.no_report and rank == 0:  # one writer for the report folder
         from pathlib import Path
 
         from reports.build import build

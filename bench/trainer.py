@@ -52,6 +52,15 @@ def gather_objects(obj) -> list:
     return out
 
 
+def from_rank0(obj):
+    """Rank 0's value of ``obj`` on every rank (``obj`` itself without torch.distributed).
+
+    Used for what only rank 0 knows or must decide alone: the run id (a time-stamped default differs per process)
+    and the last epoch on disk (only rank 0 owns the results recorder).
+    """
+    return gather_objects(obj)[0]
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, policy=None):
         self.cfg = cfg
@@ -77,7 +86,8 @@ class Trainer:
                                    num_steps=cfg.eval_steps or self.world.eval_steps,
                                    guidance=self.method.eval_guidance(), seed=1234 + 0 * cfg.seed,
                                    max_prompts=cfg.eval_prompts or None, height=self.resolution, width=self.resolution)
-        self.run_id = cfg.run_id or make_run_id(cfg.method, cfg.reward, cfg.seed)
+        # every rank must agree on the run folder: resume reads the checkpoint that rank 0 writes there
+        self.run_id = from_rank0(cfg.run_id or make_run_id(cfg.method, cfg.reward, cfg.seed))
         cfg.run_id = self.run_id
         self.run_dir = Path(cfg.out) / self.run_id
         self.devices = self.world_size
@@ -131,6 +141,8 @@ class Trainer:
         if "per_image_mean" in rep:
             for metric in ("strict_accuracy", "accuracy", "score"):
                 out[f"eval/{metric}"] = rep["geneval_overall_tag_mean"][metric]
+                if metric == "accuracy":  # the official GenEval number (6-tag mean), as the papers report it
+                    out["eval/geneval_mean"] = rep["geneval_overall_tag_mean"][metric]
                 out[f"eval/{metric}/per_image"] = rep["per_image_mean"][metric]
                 for tag, vals in rep["per_tag"].items():
                     out[f"eval/{metric}/{tag}"] = vals[metric]
@@ -238,6 +250,9 @@ class Trainer:
                 "cum/train_backward": self.state["backward"], "cum/eval_s": self.state["eval_s"]}
 
     def run(self) -> dict:
+        """Train until ``epochs`` or the budget. Record row k holds the state after k training epochs: row 0 is the
+        initial evaluation, row k >= 1 the metrics of training epoch k - 1 plus any evaluation made right after it,
+        so every key of a row shares that row's cumulative wall-clock and device-hours."""
         cfg = self.cfg
         if not self.method.trains:
             values = self.evaluate(0)
@@ -245,17 +260,18 @@ class Trainer:
             self.close()
             return {"run_id": self.run_id, "final": values, "epochs": 0, "wall_s": 0.0}
         completed = self._resume()
-        last_logged = self.recorder.last_epoch() if self.recorder else -1
+        # only rank 0 reads the records; the others follow it so every rank evaluates and stops at the same epochs
+        last_logged = from_rank0(self.recorder.last_epoch() if self.recorder else -1)
         final: dict[str, float] = {}
+        if completed == 0 and last_logged < 0 and cfg.eval_every:
+            final = self.evaluate(0)
+            self.state["eval_s"] += final["time/eval_s"]
+            self._log(0, {**final, **self._cum()})
+            if self.recorder:
+                self.recorder.flush()
         bar = tqdm(total=cfg.epochs, initial=completed, desc=cfg.method, disable=self.rank != 0, dynamic_ncols=True)
-        for epoch in range(completed, cfg.epochs):
-            if not self._budget_left():
-                break
-            fresh = epoch > last_logged  # after a resume, epochs already on disk are recomputed, not re-logged
-            values = {}
-            if cfg.eval_every and epoch % cfg.eval_every == 0 and fresh:
-                values.update(self.evaluate(epoch))
-                self.state["eval_s"] += values["time/eval_s"]
+        while completed < cfg.epochs and self._budget_left():
+            epoch = completed
             t0 = time.perf_counter()
             batch, roll = self.rollout(epoch)
             stats = self.advantages(batch)
@@ -263,18 +279,25 @@ class Trainer:
             metrics = self.method.train_epoch(batch, epoch, torch.Generator().manual_seed(
                 derive_seed(cfg.seed, epoch, self.rank, 1)))
             t_train = time.perf_counter() - t1
-            self.state["wall_s"] += time.perf_counter() - t0
+            # the slowest rank's time: one agreed number, so every rank stops at the same epoch of the budget
+            self.state["wall_s"] += max(gather_objects(time.perf_counter() - t0))
             self.state["images"] += roll.pop("images")
             self.state["forward"] += metrics.get("count/train_forward", 0) * self.world_size
             self.state["backward"] += metrics.get("count/train_backward", 0) * self.world_size
-            values.update({**roll, **stats, **{f"train/{k}": v for k, v in metrics.items()}, "time/train_s": t_train})
-            values.update(self._cum())
             completed = epoch + 1
+            self.state["epoch"] = completed
+            fresh = completed > last_logged  # after a resume, rows already on disk are recomputed, not re-logged
+            values = {**roll, **stats, **{f"train/{k}": v for k, v in metrics.items()}, "time/train_s": t_train}
+            done = completed >= cfg.epochs or not self._budget_left()
+            if cfg.eval_every and fresh and (done or completed % cfg.eval_every == 0):
+                values.update(self.evaluate(completed))
+                self.state["eval_s"] += values["time/eval_s"]
+            values.update(self._cum())
             if fresh:
-                self._log(epoch, values)
+                self._log(completed, values)
                 if self.recorder:
                     self.recorder.flush()
-            if completed % cfg.checkpoint_every == 0:
+            if completed % cfg.checkpoint_every == 0 or done:
                 self._save(completed)
             bar.update(1)
             if self.rank == 0:
@@ -284,13 +307,6 @@ class Trainer:
             final = values
         bar.close()
         self._save(completed)
-        if cfg.eval_every and completed > last_logged:
-            values = self.evaluate(completed)
-            self.state["eval_s"] += values["time/eval_s"]
-            self._log(completed, {**values, **self._cum()})
-            if self.recorder:
-                self.recorder.flush()
-            final = values
         self.close()
         return {"run_id": self.run_id, "final": final, "epochs": completed, "wall_s": self.state["wall_s"]}
 

@@ -28,7 +28,7 @@ from bench.records import load_results  # noqa: E402
 from reports.speedup import curves, speedup_table  # noqa: E402
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
-HEADLINE_KEYS = ("eval/avg_mean", "reward/avg_mean")  # the first one a group of runs logged is plotted
+HEADLINE_KEYS = ("eval/geneval_mean", "eval/avg_mean", "reward/avg_mean")  # the first one a group of runs logged is plotted
 # x key -> (axis label, factor to the plotted unit, file stem of its plot)
 X_AXES = {
     "cum/gpu_hours": ("GPU-hours", 1.0, "reward_vs_gpu_hours"),
