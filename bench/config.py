@@ -72,8 +72,9 @@ class RunConfig:
     """Write TensorBoard curves and sample grids under the run folder."""
     wandb: bool = False
     """Also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works)."""
-    profile: bool = False
-    """Count passes and time raw model compute to report the harness overhead ratio."""
+    reward_schedule: str = ""
+    """JSON file with a staged schedule: a list of {"epochs", "prompt_set", "weights"} (rewards.schedule); it
+    overrides `reward` and the training prompt set stage by stage (DiffusionNFT's multi-reward model)."""
     lora: LoraOptions = field(default_factory=LoraOptions)
     optim: OptimConfig = field(default_factory=OptimConfig)
     nft: NFTConfig = field(default_factory=NFTConfig)

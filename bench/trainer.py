@@ -82,6 +82,12 @@ class Trainer:
                         if entry.cls.trains else None)
         self.rewards = AsyncRewards(build_reward(self.reward_spec), max_workers=cfg.reward_workers) \
             if entry.cls.trains else None
+        self.schedule, self.stage = None, 0
+        if cfg.reward_schedule and entry.cls.trains:
+            from rewards.schedule import RewardSchedule
+
+            self.schedule = RewardSchedule.from_list(json.loads(Path(cfg.reward_schedule).read_text()))
+            self._apply_stage(0)
         self.eval_cfg = EvalConfig(images_per_prompt=cfg.eval_images_per_prompt,
                                    num_steps=cfg.eval_steps or self.world.eval_steps,
                                    guidance=self.method.eval_guidance(), seed=1234 + 0 * cfg.seed,
@@ -101,6 +107,21 @@ class Trainer:
                     else "fp32", "reward_spec": self.reward_spec}
             self.recorder = RunRecorder(cfg.out, self.run_id, meta)
             self.writer = self._live_writer()
+
+    def _apply_stage(self, epoch: int) -> None:
+        """Switch reward and training prompts when a staged schedule enters a new stage (derived from the epoch
+        alone, so a resumed run lands in the right stage)."""
+        index, stage = self.schedule.stage_at(epoch)
+        if index == self.stage and self.rewards is not None and epoch > 0:
+            return
+        self.stage = index
+        self.reward_spec = self.world.reward_spec(stage.weights)
+        if self.rewards is not None:
+            self.rewards.close()
+        self.rewards = AsyncRewards(build_reward(self.reward_spec), max_workers=self.cfg.reward_workers)
+        self.train_set = self.world._load(stage.prompt_set)
+        self.sampler = GroupedSampler(len(self.train_set), self.cfg.images_per_prompt, self.cfg.prompts_per_epoch,
+                                      self.cfg.rollout_batch_size, self.world_size, self.rank, self.cfg.seed)
 
     # ------------------------------------------------------------------------------------------------ logging
     def _live_writer(self):
@@ -272,6 +293,8 @@ class Trainer:
         bar = tqdm(total=cfg.epochs, initial=completed, desc=cfg.method, disable=self.rank != 0, dynamic_ncols=True)
         while completed < cfg.epochs and self._budget_left():
             epoch = completed
+            if self.schedule is not None:
+                self._apply_stage(epoch)
             t0 = time.perf_counter()
             batch, roll = self.rollout(epoch)
             stats = self.advantages(batch)
@@ -287,7 +310,8 @@ class Trainer:
             completed = epoch + 1
             self.state["epoch"] = completed
             fresh = completed > last_logged  # after a resume, rows already on disk are recomputed, not re-logged
-            values = {**roll, **stats, **{f"train/{k}": v for k, v in metrics.items()}, "time/train_s": t_train}
+            values = {**roll, **stats, **{f"train/{k}": v for k, v in metrics.items()}, "time/train_s": t_train,
+                      "train/stage": self.stage}
             done = completed >= cfg.epochs or not self._budget_left()
             if cfg.eval_every and fresh and (done or completed % cfg.eval_every == 0):
                 values.update(self.evaluate(completed))

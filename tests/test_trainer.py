@@ -89,3 +89,19 @@ def test_methods_raise_a_learnable_reward(tmp_path, method, extra, margin):
     df = load_results(tmp_path)
     r = df[df.key == "reward/avg_mean"].sort_values("epoch").value.to_numpy()
     assert len(r) == 8 and r[-3:].mean() > r[:2].mean() + margin, r
+
+
+def test_staged_reward_schedule_switches_reward_and_prompts(tmp_path):
+    import json
+
+    sched = tmp_path / "schedule.json"
+    sched.write_text(json.dumps([{"epochs": 1, "prompt_set": "train", "weights": {"brightness": 1.0}},
+                                 {"epochs": 1, "prompt_set": "test", "reward": "jpeg_compressibility:0.5"}]))
+    tr = Trainer(tiny_config("nft", tmp_path, f"reward_schedule={sched}", epochs=2), policy=tiny_policy())
+    tr.run()
+    df = load_results(tmp_path)
+    keys_by_row = df.groupby("epoch").key.apply(set)
+    assert "reward/brightness_mean" in keys_by_row[1] and "reward/jpeg_compressibility_mean" not in keys_by_row[1]
+    assert "reward/jpeg_compressibility_mean" in keys_by_row[2]
+    stage = df[df.key == "train/stage"].sort_values("epoch").value.tolist()
+    assert stage == [0, 1] and tr.train_set.name == "shapes_test"
