@@ -75,6 +75,11 @@ class RunConfig:
     reward_schedule: str = ""
     """JSON file with a staged schedule: a list of {"epochs", "prompt_set", "weights"} (rewards.schedule); it
     overrides `reward` and the training prompt set stage by stage (DiffusionNFT's multi-reward model)."""
+    backend: Literal["ddp", "deepspeed"] = "ddp"
+    """Multi-rank training: "ddp" (all-reduce LoRA gradients, AdamW on every rank) or "deepspeed" (ZeRO over the
+    LoRA optimizer; needs `pip install 'flowrl-bench[deepspeed]'`)."""
+    zero_stage: int = 2
+    """ZeRO stage with backend=deepspeed: 0, 1 (partitioned optimizer state) or 2 (+ gradients); 3 is refused."""
     lora: LoraOptions = field(default_factory=LoraOptions)
     optim: OptimConfig = field(default_factory=OptimConfig)
     nft: NFTConfig = field(default_factory=NFTConfig)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from rollout.models import T2IPolicy
 from rollout.prompts import PromptSet
@@ -46,7 +47,7 @@ class EvalConfig:
 
 
 @torch.no_grad()
-def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig) -> torch.Tensor:
+def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig, progress: bool = False) -> torch.Tensor:
     """Images [N * K, 3, H, W] in [0, 1], ordered prompt-major (image j of prompt i at i * K + j)."""
     shape = policy.latent_shape(cfg.height, cfg.width)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -54,7 +55,8 @@ def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig) -> torch.Te
     flat_prompts = [p for p in prompts for _ in range(cfg.images_per_prompt)]
     sig = sigmas_from_scheduler(policy.scheduler, cfg.num_steps)
     out = []
-    for i in range(0, len(flat_prompts), cfg.batch_size):
+    starts = range(0, len(flat_prompts), cfg.batch_size)
+    for i in tqdm(starts, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         batch = flat_prompts[i:i + cfg.batch_size]
         cond = policy.encode(batch)
         x = noise[i:i + cfg.batch_size].to(policy.device)
@@ -63,7 +65,7 @@ def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig) -> torch.Te
     return torch.cat(out)
 
 
-def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig) -> dict:
+def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig, progress: bool = False) -> dict:
     """Generate and score; returns ``{"rows": per-image dicts, "report": aggregate, "eval_s": seconds}``.
 
     ``reward`` is an evaluation reward returning per-image keys (for GenEval: ``accuracy``, ``strict_accuracy``
@@ -75,7 +77,7 @@ def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig) 
     if cfg.max_prompts is not None and cfg.max_prompts < len(idx):  # evenly spaced: files may be sorted by tag
         idx = [round(i * len(idx) / cfg.max_prompts) for i in range(cfg.max_prompts)]
     prompts, metadata = [prompt_set.prompts[i] for i in idx], [prompt_set.metadata[i] for i in idx]
-    images = generate(policy, prompts, cfg)
+    images = generate(policy, prompts, cfg, progress)
     flat_p = [p for p in prompts for _ in range(cfg.images_per_prompt)]
     flat_m = [m for m in metadata for _ in range(cfg.images_per_prompt)]
     rows = []

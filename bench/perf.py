@@ -98,11 +98,14 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
         per_epoch = df[df.epoch >= 1].groupby("key").value.mean()  # epoch 0 includes warm-up
         counts = passes_per_image(method, cfg)
         n_img = prompts * images
-        fwd = int(round(counts.rollout_forward * n_img / batch))
-        trn_f = int(round((counts.train_forward - counts.train_backward) * n_img / batch))
-        trn_b = int(round(counts.train_backward * n_img / batch))
-        raw_roll = raw_compute_s(trainer.policy, batch, resolution, fwd, 0)
-        raw_train = raw_compute_s(trainer.policy, batch, resolution, trn_f, trn_b)
+        # CFG runs the conditional and unconditional halves as ONE forward at twice the batch: time it that way
+        cfg_mult = 2 if (method != "nft" and trainer.method_cfg.guidance != 1.0) else 1
+        raw_batch = batch * cfg_mult
+        fwd = int(round(counts.rollout_forward * n_img / raw_batch))
+        trn_f = int(round((counts.train_forward - counts.train_backward) * n_img / raw_batch))
+        trn_b = int(round(counts.train_backward * n_img / raw_batch))
+        raw_roll = raw_compute_s(trainer.policy, raw_batch, resolution, fwd, 0)
+        raw_train = raw_compute_s(trainer.policy, raw_batch, resolution, trn_f, trn_b)
         t = trainer.policy.transformer.config
         params = sum(p.numel() for p in trainer.policy.transformer.parameters())
         tokens = (resolution // (8 if trainer.policy.vae is not None else 1) // t.patch_size) ** 2

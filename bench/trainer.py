@@ -74,6 +74,8 @@ class Trainer:
         if entry.cls.trains:
             lora.add_lora(self.policy.transformer, cfg.lora, seed=cfg.seed)
         self.method = registry.build_method(cfg.method, self.policy, self.method_cfg, cfg.optim, cfg.seed)
+        if entry.cls.trains:
+            self.method.use_backend(cfg.backend, cfg.zero_stage)
         self.reward_spec = self.world.reward_spec(cfg.reward)
         self.train_set = self.world.train_prompts() if entry.cls.trains else None
         self.test_set = self.world.test_prompts() if cfg.eval_every or not entry.cls.trains else None
@@ -156,7 +158,8 @@ class Trainer:
         t0 = time.perf_counter()
         ctx = self.method.eval_context() if self.method.trains else contextlib.nullcontext()
         with ctx, torch.no_grad():
-            result = evaluate(self.policy, self.test_set, self.world.eval_reward(), self.eval_cfg)
+            result = evaluate(self.policy, self.test_set, self.world.eval_reward(), self.eval_cfg,
+                              progress=self.rank == 0)
         rep = result["report"]
         out = {}
         if "per_image_mean" in rep:
@@ -187,7 +190,9 @@ class Trainer:
         latent_dtype = torch.float16 if self.device.type == "cuda" else None
         with adapter, torch.no_grad():
             shard_start = self.rank * self.sampler.batches_per_epoch * self.sampler.batch_size
-            for b, idx in enumerate(self.sampler.batches(epoch)):
+            batches = self.sampler.batches(epoch)
+            for b, idx in enumerate(tqdm(batches, desc=f"rollout {epoch}", leave=False, disable=self.rank != 0,
+                                         dynamic_ncols=True)):
                 prompts = [self.train_set.prompts[i] for i in idx]
                 metadata = [self.train_set.metadata[i] for i in idx]
                 cond = self.policy.encode(prompts)
@@ -206,7 +211,7 @@ class Trainer:
                 futures.append(self.rewards.submit(images, prompts, metadata))
                 parts.append((prompts, metadata, cond, res, ids))
         t_sample = time.perf_counter() - t0
-        scores = [self.rewards.result(f) for f in futures]
+        scores = [self.rewards.result(f) for f in tqdm(futures, desc="reward", leave=False, disable=self.rank != 0)]
         t_reward_wait = time.perf_counter() - t0 - t_sample
         cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
         batch = RolloutBatch(

@@ -171,7 +171,7 @@ class FlowGRPO(Method):
                 old = batch.log_probs[idx, j].to(self.policy.device)
                 loss, info = grpo_loss(log_prob, old, adv, cfg.clip_range, cfg.adv_clip_max, mean, mean_ref, std,
                                        cfg.kl_beta)
-                (loss / (accum * len(steps))).backward()
+                self.backward(loss / (accum * len(steps)))
                 rows.append({"loss": float(loss.detach()), **{key: float(v) for key, v in info.items()}})
             if (k + 1) % accum == 0:
                 step_rows.append(self.optimizer_step())

@@ -203,7 +203,7 @@ class DiffusionNFT(Method):
                 loss, info = nft_loss(x0, x_t, t, v_theta, v_old, v_ref, r, cfg.nft_beta, cfg.kl_beta,
                                       cfg.adv_clip_max, weighting=cfg.loss_weighting,
                                       negative_branch=cfg.negative_branch)
-                (loss / (accum * n_train_t)).backward()
+                self.backward(loss / (accum * n_train_t))
                 rows.append({"loss": float(loss.detach()), "policy_loss": float(info["policy_loss"]),
                              "kl_loss": float(info["kl_loss"]),
                              "positive_loss": float(info["positive_loss"].mean()),

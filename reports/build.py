@@ -91,7 +91,11 @@ def draw_band(ax, run_curves: pd.DataFrame, scale: float = 1.0, label_prefix: st
     for i, (method, part) in enumerate(band.groupby("method", sort=True)):
         color = METHOD_COLORS.get(method, f"C{4 + i}") if not label_prefix else None
         n_runs = run_curves.loc[run_curves["method"] == method, "run_id"].nunique()
-        line = ax.plot(part["x"] * scale, part["y"], color=color, label=f"{label_prefix}{method} (n={n_runs})")[0]
+        label = f"{label_prefix}{method} (n={n_runs})"
+        if len(part) == 1:  # an untrained baseline (e.g. cfg) is one evaluation: draw it as a level, not a dot
+            ax.axhline(part["y"].iloc[0], color=color, linestyle="--", label=label)
+            continue
+        line = ax.plot(part["x"] * scale, part["y"], color=color, marker="o", markersize=3, label=label)[0]
         ax.fill_between(part["x"] * scale, part["y_min"], part["y_max"], color=line.get_color(), alpha=0.2)
 
 
