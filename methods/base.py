@@ -106,6 +106,9 @@ class Method(ABC):
         self.optimizer = (torch.optim.AdamW(self.params, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                             weight_decay=optim.weight_decay, eps=optim.eps) if self.params else None)
         self.ema = lora.EMA(policy.transformer) if self.trains else None
+        # fp16 autocast on GPU (the references' precision) needs loss scaling; a no-op in fp32 and on CPU
+        fp16 = policy.options.autocast_dtype == torch.float16 and policy.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16 and bool(self.params))
         self.backend: Backend = "ddp"
         self.engine = None  # the DeepSpeed engine over the trainable LoRA (backend "deepspeed" only)
         self._optim_template: dict | None = None  # AdamW param_groups as torch lays them out (deepspeed only)
@@ -154,6 +157,7 @@ class Method(ABC):
             "old": {k: v.detach().clone() for k, v in lora.adapter_params(t, lora.OLD).items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self._optimizer_state(),
+            "scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -165,6 +169,8 @@ class Method(ABC):
                     p.copy_(state[name][k])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.engine is not None:
             self._load_zero_state(state["optimizer"])
         elif self.optimizer is not None:
@@ -245,7 +251,7 @@ class Method(ABC):
         if self.engine is not None:
             self.engine.backward(loss, scale_wrt_gas=False)  # the methods scale; no reduction until step()
         else:
-            loss.backward()
+            self.scaler.scale(loss).backward()
 
     def optimizer_step(self) -> dict[str, float]:
         """All-reduce LoRA gradients over ranks (mean, as DDP), clip, AdamW step, zero grads.
@@ -265,8 +271,11 @@ class Method(ABC):
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(dist.get_world_size())
+        # unscale after the all-reduce: an inf on any rank reaches every rank, so all skip the step together
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim_cfg.max_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         return {"grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
