@@ -90,6 +90,11 @@ class T2IPolicy:
             pipe = StableDiffusion3Pipeline.from_pretrained(source, dtype=torch.float32, **absent)
         except OSError as e:
             raise ModelLoadError(f"could not load '{source}' as an SD3 pipeline: {e}") from e
+        for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):  # offline loads can yield a useless tokenizer
+            tok = getattr(pipe, name, None)
+            if tok is not None and (len(tok) < 4 or tok.eos_token_id is None or tok.pad_token_id is None):
+                raise ModelLoadError(f"{source}/{name}: loaded a tokenizer with {len(tok)} tokens, eos "
+                                     f"{tok.eos_token_id}, pad {tok.pad_token_id}; its files are missing or incomplete")
         policy = cls(pipe, options)
         policy.to(device, text_dtype=text_dtype)
         return policy

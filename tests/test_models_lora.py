@@ -47,6 +47,23 @@ def test_missing_or_incomplete_model_dir_names_path(tmp_path):
         T2IPolicy.from_pretrained(tmp_path / "m")
 
 
+def test_broken_tokenizer_fails_loudly(tiny_words, tmp_path):
+    import json
+
+    p = T2IPolicy(build_tiny_sd3(tiny_words, with_t5=False, with_vae=False), PolicyOptions(max_sequence_length=0))
+    p.save_pretrained(tmp_path / "m")
+    tok_json = tmp_path / "m" / "tokenizer" / "tokenizer.json"
+    data = json.loads(tok_json.read_text())
+    data["added_tokens"] = []
+    data["model"]["vocab"] = {"<unk>": 0}
+    data["post_processor"] = None
+    tok_json.write_text(json.dumps(data))
+    cfg = tmp_path / "m" / "tokenizer" / "tokenizer_config.json"
+    cfg.write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 20}))
+    with pytest.raises(ModelLoadError, match="tokenizer: loaded a tokenizer with 1 tokens"):
+        T2IPolicy.from_pretrained(tmp_path / "m", PolicyOptions(max_sequence_length=0))
+
+
 def test_prompt_cache_matches_uncached_and_pools_at_eos(policy):
     cond = policy.encode(["a red cat", "a blue dog", "a red cat"])
     e, q = policy.encode_uncached(["a red cat", "a blue dog"])
