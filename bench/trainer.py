@@ -27,7 +27,7 @@ from bench.eval import EvalConfig, evaluate
 from bench.records import RunRecorder, make_run_id
 from bench.worlds import load_world
 from methods import registry
-from methods.base import RolloutBatch, derive_seed
+from methods.base import RolloutBatch, derive_seed, sample_generators
 from rewards import AsyncRewards, build_reward
 from rollout import lora
 from rollout.advantages import group_advantages
@@ -77,22 +77,21 @@ class Trainer:
         if entry.cls.trains:
             self.method.use_backend(cfg.backend, cfg.zero_stage)
         self.reward_spec = self.world.reward_spec(cfg.reward)
-        self.train_set = self.world.train_prompts() if entry.cls.trains else None
         self.test_set = self.world.test_prompts() if cfg.eval_every or not entry.cls.trains else None
-        self.sampler = (GroupedSampler(len(self.train_set), cfg.images_per_prompt, cfg.prompts_per_epoch,
-                                       cfg.rollout_batch_size, self.world_size, self.rank, cfg.seed)
-                        if entry.cls.trains else None)
-        self.rewards = AsyncRewards(build_reward(self.reward_spec), max_workers=cfg.reward_workers) \
-            if entry.cls.trains else None
+        self.train_set = self.sampler = self.rewards = None
         self.schedule, self.stage = None, 0
-        if cfg.reward_schedule and entry.cls.trains:
+        if entry.cls.trains and cfg.reward_schedule:
             from rewards.schedule import RewardSchedule
 
             self.schedule = RewardSchedule.from_list(json.loads(Path(cfg.reward_schedule).read_text()))
+            self.stage = -1
             self._apply_stage(0)
+        elif entry.cls.trains:
+            self._set_task(self.reward_spec, self.world.train_prompts())
+        # the evaluation noise is the same for every method and seed, so their numbers compare on equal footing
         self.eval_cfg = EvalConfig(images_per_prompt=cfg.eval_images_per_prompt,
                                    num_steps=cfg.eval_steps or self.world.eval_steps,
-                                   guidance=self.method.eval_guidance(), seed=1234 + 0 * cfg.seed,
+                                   guidance=self.method.eval_guidance(), seed=1234,
                                    max_prompts=cfg.eval_prompts or None, height=self.resolution, width=self.resolution)
         # every rank must agree on the run folder: resume reads the checkpoint that rank 0 writes there
         self.run_id = from_rank0(cfg.run_id or make_run_id(cfg.method, cfg.reward, cfg.seed))
@@ -114,15 +113,18 @@ class Trainer:
         """Switch reward and training prompts when a staged schedule enters a new stage (derived from the epoch
         alone, so a resumed run lands in the right stage)."""
         index, stage = self.schedule.stage_at(epoch)
-        if index == self.stage and self.rewards is not None and epoch > 0:
-            return
-        self.stage = index
-        self.reward_spec = self.world.reward_spec(stage.weights)
+        if index != self.stage:
+            self.stage = index
+            self._set_task(self.world.reward_spec(stage.weights), self.world.prompts(stage.prompt_set))
+
+    def _set_task(self, reward_spec: str, train_set) -> None:
+        """The reward trained on and the prompts sampled from (once, or at every stage of a schedule)."""
         if self.rewards is not None:
             self.rewards.close()
-        self.rewards = AsyncRewards(build_reward(self.reward_spec), max_workers=self.cfg.reward_workers)
-        self.train_set = self.world._load(stage.prompt_set)
-        self.sampler = GroupedSampler(len(self.train_set), self.cfg.images_per_prompt, self.cfg.prompts_per_epoch,
+        self.reward_spec = reward_spec
+        self.rewards = AsyncRewards(build_reward(reward_spec), max_workers=self.cfg.reward_workers)
+        self.train_set = train_set
+        self.sampler = GroupedSampler(len(train_set), self.cfg.images_per_prompt, self.cfg.prompts_per_epoch,
                                       self.cfg.rollout_batch_size, self.world_size, self.rank, self.cfg.seed)
 
     # ------------------------------------------------------------------------------------------------ logging
@@ -136,10 +138,12 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _log(self, epoch: int, values: dict[str, float]) -> None:
+        """Append row ``epoch`` to the results store (rank 0) and the live curves."""
         if self.recorder is None:
             return
         clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
         self.recorder.log(epoch, clean)
+        self.recorder.flush()  # one part per row: a crash never loses a finished epoch
         if self.writer is not None:
             for k, v in clean.items():
                 self.writer.add_scalar(k, v, epoch)
@@ -197,7 +201,7 @@ class Trainer:
                 metadata = [self.train_set.metadata[i] for i in idx]
                 cond = self.policy.encode(prompts)
                 ids = list(range(shard_start + b * len(idx), shard_start + (b + 1) * len(idx)))
-                g = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, epoch, i, 0)) for i in ids]
+                g = sample_generators(self.cfg.seed, epoch, ids, salt=0)
                 x = torch.stack([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
 
                 def velocity(x_, s, cond=cond):
@@ -266,12 +270,16 @@ class Trainer:
     def _budget_left(self) -> bool:
         if self.cfg.budget_wall_s and self.state["wall_s"] >= self.cfg.budget_wall_s:
             return False
-        if self.cfg.budget_gpu_hours and self.state["wall_s"] * self.devices / 3600 >= self.cfg.budget_gpu_hours:
+        if self.cfg.budget_gpu_hours and self._gpu_hours() >= self.cfg.budget_gpu_hours:
             return False
         return True
 
+    def _gpu_hours(self) -> float:
+        """Device-hours: training wall-clock x devices (evaluation excluded)."""
+        return self.state["wall_s"] * self.devices / 3600
+
     def _cum(self) -> dict[str, float]:
-        return {"cum/wall_s": self.state["wall_s"], "cum/gpu_hours": self.state["wall_s"] * self.devices / 3600,
+        return {"cum/wall_s": self.state["wall_s"], "cum/gpu_hours": self._gpu_hours(),
                 "cum/images": self.state["images"], "cum/train_forward": self.state["forward"],
                 "cum/train_backward": self.state["backward"], "cum/eval_s": self.state["eval_s"]}
 
@@ -293,8 +301,6 @@ class Trainer:
             final = self.evaluate(0)
             self.state["eval_s"] += final["time/eval_s"]
             self._log(0, {**final, **self._cum()})
-            if self.recorder:
-                self.recorder.flush()
         bar = tqdm(total=cfg.epochs, initial=completed, desc=cfg.method, disable=self.rank != 0, dynamic_ncols=True)
         while completed < cfg.epochs and self._budget_left():
             epoch = completed
@@ -324,10 +330,8 @@ class Trainer:
             values.update(self._cum())
             if fresh:
                 self._log(completed, values)
-                if self.recorder:
-                    self.recorder.flush()
-            if completed % cfg.checkpoint_every == 0 or done:
-                self._save(completed)
+            if completed % cfg.checkpoint_every == 0 and not done:
+                self._save(completed)  # the last one is written once, after the loop
             bar.update(1)
             if self.rank == 0:
                 ev = f"eval {values['eval/strict_accuracy']:.3f} | " if "eval/strict_accuracy" in values else ""

@@ -39,7 +39,8 @@ class World:
         names = {self.reward_aliases.get(k, k): w for k, w in parse_reward_spec(spec).items()}
         return ",".join(f"{k}:{w}" for k, w in names.items())
 
-    def _load(self, which: str) -> PromptSet:
+    def prompts(self, which: str) -> PromptSet:
+        """A prompt set of this world by name (shapes: \"train\" / \"test\"; paper scale: rollout.datasets names)."""
         if self.name == "shapes":
             from worlds.shapes.world import load_prompts
 
@@ -49,10 +50,10 @@ class World:
         return load_prompt_set(which)
 
     def train_prompts(self) -> PromptSet:
-        return self._load(self.train_set)
+        return self.prompts(self.train_set)
 
     def test_prompts(self) -> PromptSet:
-        return self._load(self.test_set)
+        return self.prompts(self.test_set)
 
     def eval_reward(self):
         """The reward used for evaluation (GenEval: accuracy outputs on, i.e. not training mode)."""

@@ -77,8 +77,7 @@ class RolloutBatch:
     def generators(self, seed: int, epoch: int, salt: int, idx: torch.Tensor | None = None) -> list[torch.Generator]:
         """One generator per sample, keyed by (seed, epoch, global sample position, salt): per-sample randomness
         that does not depend on batch composition or on the number of ranks."""
-        ids = self.sample_ids if idx is None else self.sample_ids[idx]
-        return [torch.Generator().manual_seed(derive_seed(seed, epoch, int(i), salt)) for i in ids]
+        return sample_generators(seed, epoch, self.sample_ids if idx is None else self.sample_ids[idx], salt)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -89,6 +88,12 @@ def derive_seed(*parts: int) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def sample_generators(seed: int, epoch: int, ids, salt: int) -> list[torch.Generator]:
+    """One generator per sample, keyed by (seed, epoch, global sample position, salt). Salt 0: rollout noise;
+    salt 1: training noise and timesteps."""
+    return [torch.Generator().manual_seed(derive_seed(seed, epoch, int(i), salt)) for i in ids]
 
 
 class Method(ABC):
