@@ -34,6 +34,11 @@ class RunConfig:
     """Paper preset (prompt sets and hyperparameters) used at paper scale."""
     reward: str = "geneval"
     """Reward spec: a name or "name:weight,name:weight" (paper names; the world maps them)."""
+    train_prompts: str = ""
+    """Training prompts: a set name of the world ("train", "test"; paper scale: e.g. "geneval_train") or a file
+    (``*.jsonl`` GenEval metadata, ``*.txt`` one prompt per line); empty = the world's training set."""
+    test_prompts: str = ""
+    """Evaluation prompts, same forms as ``train_prompts``; empty = the world's test set."""
     seed: int = 0
     epochs: int = 60
     """Maximum epochs; the run also stops at a wall-clock or device-hour budget."""
@@ -93,6 +98,10 @@ SHAPES_PRESET = {
     "lora.rank": 16, "lora.alpha": 32, "optim.lr": 1e-3,
     "prompts_per_epoch": 8, "images_per_prompt": 8, "rollout_batch_size": 32,
     "nft.train_batch_size": 16, "nft.num_steps": 10,
+    # NFT on a 3.5 M-parameter model at lr 1e-3: half the sampler timesteps per image (twice the optimizer steps per
+    # CPU-minute) and an old policy that lags sooner (d reaches 0.5 after 50 steps instead of 500); with the
+    # reference's d = min(0.001 s, 0.5) it drifts off after ~60 steps (docs/tuning.md)
+    "nft.timestep_fraction": 0.5, "nft.decay_type": "linear:0.01:0.5",
     "flowgrpo.train_batch_size": 16, "flowgrpo.num_steps": 10,
     "cfg.num_steps": 10,
     # the default comparison: equal 240 s of training wall-clock per method, eval on 128 prompts x 4 images
@@ -187,8 +196,20 @@ def load_file(path: str | Path) -> dict:
     return flatten(data)
 
 
+def variant_settings(method: str) -> dict:
+    """A method variant's defining settings as dotted keys (``flowgrpo-fast``: ``flowgrpo.solver=cps``, ...).
+
+    Applied like a preset, so the stored config says what ran and a ``--config`` file or ``key=value`` override
+    still wins over them."""
+    from methods.registry import get
+
+    entry = get(method)
+    return {f"{entry.config_field}.{k}": v for k, v in entry.variant.items()}
+
+
 def resolve(base: dict, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- preset(world, task) <- config file <- overrides; ``base`` holds flag values (method, world...)."""
+    """Defaults <- preset(world, task) and the method variant <- config file <- overrides; ``base`` holds flag
+    values (method, world...)."""
     cfg = RunConfig()
     for k, v in base.items():
         set_path(cfg, k, v)
@@ -205,7 +226,7 @@ def resolve(base: dict, config_file: str | None = None, overrides: list[str] | N
     for k, v in override_pairs:
         if k in ("world", "task"):
             set_path(cfg, k, v)
-    for k, v in preset(cfg.world, cfg.task).items():
+    for k, v in {**preset(cfg.world, cfg.task), **variant_settings(cfg.method)}.items():
         if k not in base:
             set_path(cfg, k, v)
     for k, v in file_values.items():

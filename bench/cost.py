@@ -37,7 +37,8 @@ def passes_per_image(method: str, cfg) -> PassCounts:
     if method in ("flowgrpo", "flowgrpo-fast"):
         from methods.registry import method_config
 
-        m = method_config(method, cfg.flowgrpo)
+        # a config resolved for this very method already holds its variant settings (and the user's overrides)
+        m = cfg.flowgrpo if cfg.method == method else method_config(method, cfg.flowgrpo)
         cfg_mult = 2 if m.guidance != 1.0 else 1
         t_train = m.sde_window if m.sde_window > 0 else int(m.num_steps * m.timestep_fraction)
         fwd = t_train * cfg_mult * (1 + (1 if m.kl_beta > 0 else 0))

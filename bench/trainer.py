@@ -70,14 +70,15 @@ class Trainer:
         self.resolution = cfg.resolution or self.world.resolution
         self.policy = policy if policy is not None else self.world.load_policy(self.device)
         entry = registry.get(cfg.method)
-        self.method_cfg = registry.method_config(cfg.method, getattr(cfg, entry.config_field))
+        self.method_cfg = getattr(cfg, entry.config_field)  # resolve() applied the variant (flowgrpo-fast)
         if entry.cls.trains:
             lora.add_lora(self.policy.transformer, cfg.lora, seed=cfg.seed)
         self.method = registry.build_method(cfg.method, self.policy, self.method_cfg, cfg.optim, cfg.seed)
         if entry.cls.trains:
             self.method.use_backend(cfg.backend, cfg.zero_stage)
         self.reward_spec = self.world.reward_spec(cfg.reward)
-        self.test_set = self.world.test_prompts() if cfg.eval_every or not entry.cls.trains else None
+        self.test_set = (self.world.prompts(cfg.test_prompts or self.world.test_set)
+                         if cfg.eval_every or not entry.cls.trains else None)
         self.train_set = self.sampler = self.rewards = None
         self.schedule, self.stage = None, 0
         if entry.cls.trains and cfg.reward_schedule:
@@ -87,7 +88,7 @@ class Trainer:
             self.stage = -1
             self._apply_stage(0)
         elif entry.cls.trains:
-            self._set_task(self.reward_spec, self.world.train_prompts())
+            self._set_task(self.reward_spec, self.world.prompts(cfg.train_prompts or self.world.train_set))
         # the evaluation noise is the same for every method and seed, so their numbers compare on equal footing
         self.eval_cfg = EvalConfig(images_per_prompt=cfg.eval_images_per_prompt,
                                    num_steps=cfg.eval_steps or self.world.eval_steps,

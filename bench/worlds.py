@@ -40,7 +40,12 @@ class World:
         return ",".join(f"{k}:{w}" for k, w in names.items())
 
     def prompts(self, which: str) -> PromptSet:
-        """A prompt set of this world by name (shapes: \"train\" / \"test\"; paper scale: rollout.datasets names)."""
+        """A prompt set by name (shapes: \"train\" / \"test\"; paper scale: rollout.datasets names) or a file of
+        one's own: ``*.jsonl`` in GenEval's metadata format, or ``*.txt`` with one prompt per line."""
+        if which.endswith((".jsonl", ".txt")):
+            from rollout.prompts import load_geneval_metadata, load_text_prompts
+
+            return load_geneval_metadata(which) if which.endswith(".jsonl") else load_text_prompts(which)
         if self.name == "shapes":
             from worlds.shapes.world import load_prompts
 

@@ -56,7 +56,8 @@ class NFTConfig:
     negative_branch: bool = True
     """False drops the ``(1 - r) L_neg`` term (ablation: collapses). Not the same as adv_mode=positive_only."""
     decay_type: str = "1"
-    """Old-policy soft update: "0" (d = 0, on-policy), "1" (min(0.001 s, 0.5)), "2" (OCR), or "const:0.9"."""
+    """Old-policy soft update after optimizer step s: "0" (d = 0, on-policy), "1" (min(0.001 s, 0.5)), "2" (OCR),
+    "const:<d>" (e.g. const:0.9) or "linear:<rate>:<cap>" (min(rate s, cap); "1" is linear:0.001:0.5)."""
     train_batch_size: int = 8
     """Samples per micro-batch (per rank)."""
     steps_per_epoch: int = 1
@@ -144,9 +145,15 @@ def old_policy_decay(step: int, decay_type: int | str) -> float:
         return min(0.001 * step, 0.5)
     if kind == "2":
         return 0.0 if step < 75 else min((step - 75) * 0.0075, 0.999)
-    if kind.startswith("const:"):
-        return float(kind.split(":", 1)[1])
-    raise ValueError(f"decay_type must be 0, 1, 2 or 'const:<d>', got {decay_type!r}")
+    try:
+        if kind.startswith("const:"):
+            return float(kind.split(":", 1)[1])
+        if kind.startswith("linear:"):  # type 1 is linear:0.001:0.5; a faster ramp suits fewer, larger steps
+            rate, cap = (float(v) for v in kind.split(":")[1:])
+            return min(rate * step, cap)
+    except ValueError:
+        pass
+    raise ValueError(f"nft.decay_type must be 0, 1, 2, 'const:<d>' or 'linear:<rate>:<cap>', got {decay_type!r}")
 
 
 class DiffusionNFT(Method):

@@ -33,7 +33,10 @@ REGISTRY: dict[str, MethodEntry] = {
 
 
 def method_config(name: str, base):
-    """The method's config for variant ``name`` (variant overrides applied on top of ``base``)."""
+    """The method's config for variant ``name``: the variant's settings on top of ``base``.
+
+    For a plain section; :func:`bench.config.resolve` already applies variants (under the user's overrides) to a
+    run's config, so do not call this again on a resolved one."""
     entry = get(name)
     return replace(base, **entry.variant) if entry.variant else base
 

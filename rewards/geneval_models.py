@@ -207,8 +207,8 @@ def jpeg_round_trip(pixels: np.ndarray, quality: int) -> np.ndarray:
 
 
 class GenEvalReward:
-    """``geneval`` = GenEval's partial-credit training score (can be negative); ``accuracy`` (official rule; 0 when
-    ``only_strict``), ``strict_accuracy``.
+    """``geneval`` = GenEval's partial-credit training score (can be negative); ``accuracy`` (official rule; left
+    out when ``only_strict``), ``strict_accuracy``.
 
     Options: ``detector`` (folder or hub id, default ``facebook/mask2former-swin-small-coco-instance``),
     ``detector_processor`` (default: same as ``detector``), ``clip_model`` (default ``openai/clip-vit-large-patch14``),
@@ -363,6 +363,7 @@ class GenEvalReward:
             self.classify_colors(image, dets, meta)
             rows.append(score_detections(meta, dets, only_strict=self.only_strict, fixed_position=self.fixed_position))
         column = lambda key: torch.tensor([r[key] for r in rows], dtype=torch.float32)  # noqa: E731
-        return {
-            self.name: column("score"), "accuracy": column("accuracy"), "strict_accuracy": column("strict_accuracy"),
-        }
+        out = {self.name: column("score"), "strict_accuracy": column("strict_accuracy")}
+        if not self.only_strict:  # training mode computes no official accuracy: leave the key out, not 0
+            out["accuracy"] = column("accuracy")
+        return out

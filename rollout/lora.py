@@ -13,6 +13,7 @@ peft snags handled here, in one place: ``set_adapter`` makes only the active ada
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -62,7 +63,9 @@ def add_lora(model: torch.nn.Module, options: LoraOptions | None = None, seed: i
     if seed is not None:
         torch.manual_seed(seed)
     model.add_adapter(cfg, adapter_name=TRAINABLE)
-    model.add_adapter(cfg, adapter_name=OLD)
+    with warnings.catch_warnings():  # two adapters on one model is the design, not a mistake peft should warn about
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        model.add_adapter(cfg, adapter_name=OLD)
     copy_adapter(model, TRAINABLE, OLD)
     model.set_adapter(TRAINABLE)
     _restore_trainable(model)

@@ -111,3 +111,22 @@ def test_build_copes_with_one_method_and_no_evals(tmp_path):
     assert "published: FlowGRPO (arXiv 2505.05470 v5) Table 2, exact" in text
     empty = build(tmp_path / "nothing", tmp_path / "out2", n_boot=10).read_text()
     assert "No measured runs found" in empty
+
+
+def test_tuning_table_reads_values_at_wall_clock_checkpoints(tmp_path):
+    from reports.tuning import tuning_table
+
+    meta = {"method": "nft", "world": "toy", "reward": "geneval", "seed": 0, "provenance": {}, "ablation": "tuning:x"}
+    with RunRecorder(tmp_path, "run-a", meta) as recorder:  # evaluations at 0, 295, 610 s; the run stops at 610 s
+        for epoch, wall, acc in ((0, None, 0.30), (1, 150.0, None), (2, 295.0, 0.34), (3, 610.0, 0.41)):
+            values = {} if wall is None else {"cum/wall_s": wall}
+            if acc is not None:
+                values["eval/strict_accuracy"] = acc
+            recorder.log(epoch, values)
+            recorder.flush()
+    table = tuning_table(load_results(tmp_path), ["run-a", "missing"]).set_index("run")
+    row = table.loc["run-a"]
+    assert list(table.index) == ["run-a"] and row["label"] == "tuning:x"
+    assert row["start"] == 0.30 and row["~300 s"] == 0.34  # 295 s is within the 2 % slack of 300 s
+    assert row["~600 s"] == 0.41 and math.isnan(row["~900 s"])  # never reached: blank, not carried over
+    assert row["peak"] == 0.41 and row["final - start"] == pytest.approx(0.11) and row["final wall (s)"] == 610.0

@@ -20,8 +20,8 @@ from worlds.shapes.detector import detect
 class ShapesGenEvalReward:
     """Score ``[B, 3, H, W]`` images in [0, 1] against GenEval metadata of shapes-world prompts.
 
-    ``only_strict=True`` (training, as the reference server is called) skips the official accuracy and reports it
-    as 0; evaluate with ``only_strict=False``. ``fixed_position=True`` scores positions without the reference's
+    ``only_strict=True`` (training, as the reference server is called) skips the official accuracy and leaves the
+    ``accuracy`` key out (logging it as 0 would read as a measurement); evaluate with ``only_strict=False``. ``fixed_position=True`` scores positions without the reference's
     quirk (see :func:`rewards.geneval.strict_and_score`). ``max_workers > 1`` scores images in a thread pool.
     """
 
@@ -48,4 +48,7 @@ class ShapesGenEvalReward:
         def column(key: str) -> torch.Tensor:
             return torch.tensor([r[key] for r in results], dtype=torch.float32)
 
-        return {self.name: column("score"), "accuracy": column("accuracy"), "strict_accuracy": column("strict_accuracy")}
+        out = {self.name: column("score"), "strict_accuracy": column("strict_accuracy")}
+        if not self.only_strict:
+            out["accuracy"] = column("accuracy")
+        return out
