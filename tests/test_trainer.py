@@ -108,23 +108,27 @@ def test_staged_reward_schedule_switches_reward_and_prompts(tmp_path):
 
 
 def test_nft_raises_the_shapes_geneval_reward(tmp_path):
-    """Issue 5's short learnability check, in CI: NFT on the shipped shapes base model with the shapes GenEval reward
-    (the real entry point and reward, no stand-ins). A few epochs on two prompts the base model often gets wrong;
-    the GenEval score of the same prompts under the same evaluation noise (EMA weights, 32 images per prompt) rises
-    clearly, far beyond what re-sampling noise could give (the evaluation noise is fixed, so it cancels)."""
+    """Issue 5's short learnability check: NFT with the shapes preset on the shipped base model and the shapes GenEval
+    reward (real model, reward and trainer; no stand-ins), 20 epochs on four prompts the base model often gets wrong
+    (one each of colors, two_object, color_attr, position). The training reward rises clearly, and so does the GenEval
+    score of the same prompts under the same evaluation noise (EMA weights, 32 images per prompt).
+    Measured when written (1 thread): score 0.339 -> 0.463, strict 0.18 -> 0.35, training reward 0.45 -> 0.54."""
     from worlds.shapes.world import load_prompts
 
-    chosen = {"a photo of two squares", "a photo of a triangle and a circle"}
+    chosen = {"a photo of a purple square", "a photo of a triangle and a circle",
+              "a photo of a yellow circle and a purple square", "a photo of a triangle above a square"}
     meta = {m["prompt"]: m for m in load_prompts("test").metadata if m["prompt"] in chosen}
     assert set(meta) == chosen
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(m) + "\n" for m in meta.values()))
-    epochs = 10
+    epochs = 20
     cfg = resolve({"method": "nft", "seed": 0, "epochs": epochs}, None, [
-        f"train_prompts={prompts}", f"test_prompts={prompts}", "prompts_per_epoch=2", "images_per_prompt=8",
-        "rollout_batch_size=16", "nft.train_batch_size=16", "nft.timestep_fraction=0.5", f"eval_every={epochs}",
-        "eval_prompts=0", "eval_images_per_prompt=32", "tensorboard=false", "reward_workers=1", f"out={tmp_path}"])
+        f"train_prompts={prompts}", f"test_prompts={prompts}", "prompts_per_epoch=4", "images_per_prompt=8",
+        "rollout_batch_size=16", "budget_wall_s=0", f"eval_every={epochs}", "eval_prompts=0",
+        "eval_images_per_prompt=32", "tensorboard=false", "reward_workers=1", f"out={tmp_path}"])
     Trainer(cfg).run()
     df = load_results(tmp_path)
     score = df[df.key == "eval/score"].sort_values("epoch").value.to_numpy()
-    assert len(score) == 2 and score[1] > score[0] + 0.1, score
+    reward = df[df.key == "reward/avg_mean"].sort_values("epoch").value.to_numpy()
+    assert len(score) == 2 and score[1] > score[0] + 0.06, score
+    assert len(reward) == epochs and reward[-5:].mean() > reward[:5].mean() + 0.03, reward
