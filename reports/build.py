@@ -143,12 +143,14 @@ def plot_ablations(df: pd.DataFrame, out: Path) -> list[Path]:
                     draw_band(ax, run_curves, label_prefix=f"{label}: ")
             ax.set_xlabel(x_key)
             ax.set_ylabel(metric or "")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="small")
+        handles, names = axes.flat[0].get_legend_handles_labels()
+        if handles:  # one legend under both panels: ablation labels are long and would cover the curves
+            fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize="small", ncol=1,
+                       frameon=False)
         fig.suptitle(f"ablations, {reward} ({world})")
         fig.tight_layout()
         path = out / f"ablation_{slug(world)}_{slug(reward)}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths
