@@ -54,9 +54,6 @@ class World:
 
         return load_prompt_set(which)
 
-    def train_prompts(self) -> PromptSet:
-        return self.prompts(self.train_set)
-
     def test_prompts(self) -> PromptSet:
         return self.prompts(self.test_set)
 
