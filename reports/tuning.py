@@ -15,23 +15,14 @@ import pandas as pd
 
 from bench.records import load_results
 from reports.build import markdown_table
-
-
-def accuracy_vs_wall(df: pd.DataFrame, run_id: str, metric: str = "eval/strict_accuracy") -> pd.DataFrame:
-    """``[epoch, wall_s, value]`` of one run's evaluations (wall_s = training wall-clock when it was evaluated)."""
-    run = df[df["run_id"] == run_id]
-    evals = run[run["key"] == metric][["epoch", "value"]]
-    wall = run[run["key"] == "cum/wall_s"][["epoch", "value"]].rename(columns={"value": "wall_s"})
-    out = evals.merge(wall, on="epoch", how="left").sort_values("epoch")
-    out.loc[out["epoch"] == 0, "wall_s"] = out.loc[out["epoch"] == 0, "wall_s"].fillna(0.0)
-    return out[["epoch", "wall_s", "value"]].reset_index(drop=True)
+from reports.speedup import curves
 
 
 def tuning_table(df: pd.DataFrame, run_ids: list[str], checkpoints_s: tuple[float, ...] = (300, 600, 900),
                  metric: str = "eval/strict_accuracy") -> pd.DataFrame:
     rows = []
     for run_id in run_ids:
-        curve = accuracy_vs_wall(df, run_id, metric)
+        curve = curves(df[df["run_id"] == run_id], metric, "cum/wall_s").rename(columns={"x": "wall_s", "y": "value"})
         if curve.empty:
             continue
         label = df.loc[df["run_id"] == run_id, "ablation"].dropna()
