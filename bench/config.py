@@ -6,6 +6,7 @@ every run (``results/<run_id>/meta.json``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import typing
@@ -46,6 +47,10 @@ class RunConfig:
     """Stop once rollout + reward + train wall-clock exceeds this (0 = no limit; evaluation time excluded)."""
     budget_gpu_hours: float = 0.0
     """Stop once device-hours (wall x devices, evaluation excluded) exceed this (0 = no limit)."""
+    budget_cpu_s: float = 0.0
+    """Stop once the process's CPU time in rollout + reward + train exceeds this (0 = no limit; evaluation
+    excluded). The contention-proof clock for CPU runs: two one-thread runs side by side, or a run sharing the
+    machine with other work, are slowed in wall-clock but not in CPU seconds."""
     prompts_per_epoch: int = 8
     """Distinct prompts per epoch (paper: 48)."""
     images_per_prompt: int = 8
@@ -56,6 +61,9 @@ class RunConfig:
     """Image side in pixels (0 = the world's)."""
     eval_every: int = 10
     """Evaluate every N epochs (and at epoch 0 and at the end); 0 disables in-run evaluation."""
+    eval_every_s: float = 0.0
+    """> 0: evaluate instead each time the training clock (CPU seconds when ``budget_cpu_s`` is set, else
+    wall-clock seconds) passes a multiple of this, so methods of different epoch lengths share one cadence."""
     eval_prompts: int = 256
     """Test prompts per evaluation (0 = all); x eval_images_per_prompt images."""
     eval_images_per_prompt: int = 4
@@ -149,12 +157,13 @@ def _coerce(value, typ, key: str):
         raise ValueError(f"setting {key}={value!r}: expected true or false")
     if origin is list:
         return value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+    examples = {int: "a whole number such as 16", float: "a number such as 0.001", str: "text"}
     for t in (int, float, str):
         if typ is t or typ == t.__name__:
             try:
                 return t(value)
             except (TypeError, ValueError):
-                raise ValueError(f"setting {key}={value!r}: expected {t.__name__}") from None
+                raise ValueError(f"setting {key}={value!r}: expected {t.__name__}; give {examples[t]}") from None
     return value
 
 
@@ -163,12 +172,14 @@ def set_path(cfg, key: str, value) -> None:
     obj, parts = cfg, key.split(".")
     for p in parts[:-1]:
         if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
-            raise KeyError(f"unknown setting '{key}': '{p}' is not a section; sections: "
-                           f"{[f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]}")
+            sections = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+            raise KeyError(f"unknown setting '{key}': '{p}' is not a section; sections: {', '.join(sections)}")
         obj = getattr(obj, p)
     hints = typing.get_type_hints(type(obj))
     if parts[-1] not in hints:
-        raise KeyError(f"unknown setting '{key}'; valid here: {sorted(f.name for f in dataclasses.fields(obj))}")
+        where = f"in section {'.'.join(parts[:-1])}" if parts[:-1] else "at the top level"
+        raise KeyError(f"unknown setting '{key}': check the spelling; settings {where}: "
+                       f"{', '.join(sorted(f.name for f in dataclasses.fields(obj)))}")
     setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key))
 
 
@@ -183,17 +194,43 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def load_file(path: str | Path) -> dict:
+    """The settings of a JSON or YAML config file as dotted keys; ``ValueError`` naming the file when it cannot."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"config file {path} cannot be read ({err.strerror}): give the path of a JSON or YAML "
+                         "file of settings") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)  # YAML's own message spans several lines
+            where = (f"line {mark.line + 1} column {mark.column + 1}: {err.problem}" if mark
+                     else " ".join(str(err).split()))
+            raise ValueError(f"config file {path} is not valid YAML ({where}): fix the file") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON ({err}): fix the file (it is read as JSON "
+                             "unless its name ends in .yaml or .yml)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of settings")
     return flatten(data)
+
+
+@contextlib.contextmanager
+def _from_file(path: str | Path | None):
+    """Errors of the settings read from config file ``path`` name the file too."""
+    try:
+        yield
+    except KeyError as err:
+        raise KeyError(f"config file {path}: {err.args[0]}") from None
+    except ValueError as err:
+        raise ValueError(f"config file {path}: {err}") from None
 
 
 def variant_settings(method: str) -> dict:
@@ -216,7 +253,8 @@ def resolve(base: dict, config_file: str | None = None, overrides: list[str] | N
     file_values = load_file(config_file) if config_file else {}
     for src in ("world", "task"):  # the file and overrides may change the preset's own keys
         if src in file_values:
-            set_path(cfg, src, file_values[src])
+            with _from_file(config_file):
+                set_path(cfg, src, file_values[src])
     override_pairs = []
     for item in overrides or []:
         if "=" not in item:
@@ -229,8 +267,9 @@ def resolve(base: dict, config_file: str | None = None, overrides: list[str] | N
     for k, v in {**preset(cfg.world, cfg.task), **variant_settings(cfg.method)}.items():
         if k not in base:
             set_path(cfg, k, v)
-    for k, v in file_values.items():
-        set_path(cfg, k, v)
+    with _from_file(config_file):
+        for k, v in file_values.items():
+            set_path(cfg, k, v)
     for k, v in override_pairs:
         set_path(cfg, k, v)
     return cfg

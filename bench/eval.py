@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
+from bench.cli import at_least, check_world, output_file
+from bench.progress import interactive, library_progress_bars, phase_bar
 from rollout.models import T2IPolicy
 from rollout.prompts import PromptSet
 from rollout.samplers import Solver, sample
@@ -56,7 +57,7 @@ def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig, progress: b
     sig = sigmas_from_scheduler(policy.scheduler, cfg.num_steps)
     out = []
     starts = range(0, len(flat_prompts), cfg.batch_size)
-    for i in tqdm(starts, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    for i in phase_bar(starts, "eval", progress):
         batch = flat_prompts[i:i + cfg.batch_size]
         cond = policy.encode(batch)
         x = noise[i:i + cfg.batch_size].to(policy.device)
@@ -99,25 +100,42 @@ def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig, 
     return {"rows": rows, "report": report, "eval_s": time.perf_counter() - t0, "images": images}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m bench.eval``; each one's type refuses values that cannot work."""
+    ap = argparse.ArgumentParser(prog="python -m bench.eval",
+                                 description="Evaluate a model on a world's test prompts with the shared protocol.")
+    ap.add_argument("--model", default="shapes", help="World name ('shapes') or a path / hub id of an SD3 pipeline.")
+    ap.add_argument("--guidance", type=at_least(0.0, "a CFG scale >= 0 (1.0 means no CFG)", float), default=1.0,
+                    help="CFG scale; 1.0 means no classifier-free guidance.")
+    ap.add_argument("--num-steps", type=at_least(1, "a number of sampler steps, at least 1"), default=None,
+                    help="Sampler steps; default: the world's eval steps.")
+    ap.add_argument("--images-per-prompt", type=at_least(1, "a number of images per prompt, at least 1"), default=4,
+                    help="Images generated per test prompt.")
+    ap.add_argument("--max-prompts", type=at_least(1, "a number of prompts, at least 1 (omit it for all)"),
+                    default=None, help="Evaluate only N evenly spaced test prompts.")
+    ap.add_argument("--seed", type=at_least(0, "a non-negative integer seed"), default=1234,
+                    help="Seed of the initial noise.")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
+    ap.add_argument("--json", type=output_file, default=None, help="Also write the report to this JSON file.")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> None:
     from bench.worlds import load_world
 
-    ap = argparse.ArgumentParser(description="Evaluate a model on a world's test prompts with the shared protocol.")
-    ap.add_argument("--model", default="shapes", help="World name ('shapes') or a path / hub id of an SD3 pipeline.")
-    ap.add_argument("--guidance", type=float, default=1.0, help="CFG scale; 1.0 means no classifier-free guidance.")
-    ap.add_argument("--num-steps", type=int, default=None, help="Sampler steps; default: the world's eval steps.")
-    ap.add_argument("--images-per-prompt", type=int, default=4, help="Images generated per test prompt.")
-    ap.add_argument("--max-prompts", type=int, default=None, help="Evaluate only N evenly spaced test prompts.")
-    ap.add_argument("--seed", type=int, default=1234, help="Seed of the initial noise.")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
-    ap.add_argument("--json", default=None, help="Also write the report to this JSON file.")
-    args = ap.parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_world(args.model)
+    except ValueError as err:
+        parser.error(f"--model: {err}")
+    library_progress_bars(interactive())
     world = load_world(args.model)
     policy = world.load_policy(device=args.device)
     cfg = EvalConfig(images_per_prompt=args.images_per_prompt, num_steps=args.num_steps or world.eval_steps,
                      guidance=args.guidance, seed=args.seed, max_prompts=args.max_prompts,
                      height=world.resolution, width=world.resolution)
-    result = evaluate(policy, world.test_prompts(), world.eval_reward(), cfg)
+    result = evaluate(policy, world.test_prompts(), world.eval_reward(), cfg, progress=True)
     from rewards.geneval import format_report
     print(format_report(result["report"]) if "per_image_mean" in result["report"] else result["report"])
     print(f"({len(result['rows'])} images, {result['eval_s']:.1f} s, guidance {args.guidance})")

@@ -2,8 +2,9 @@
 
 Layout::
 
-    <results_root>/<run_id>/meta.json                     written once, atomically, when the run starts
-    <results_root>/<run_id>/records/part-000000.parquet   one part per flush (normally one per epoch)
+    <results_root>/<run_id>/meta.json                          written once, atomically, when the run starts
+    <results_root>/<run_id>/records/part-000000.parquet        one part per flush (normally one per epoch)
+    <results_root>/<run_id>/records/part-000000-000499.parquet parts 0..499 compacted into one file (finished runs)
 
 Why this shape:
 
@@ -16,10 +17,18 @@ Why this shape:
 * **Resuming without duplicates**: a recorder opened on an existing run knows the last epoch on disk
   (:meth:`RunRecorder.last_epoch`); logging an epoch at or before it raises :class:`EpochAlreadyFlushedError`
   instead of silently double-counting it.
+* **Compaction** (:func:`compact_run`, at the end of every finished run and ``python -m bench.records compact``):
+  a run's parts are rewritten as one file whose name gives the range of part numbers it holds, published with one
+  ``os.replace``, after which the parts it covers are deleted. Readers (:func:`live_parts`, :func:`load_results`)
+  skip a part that a compacted file covers, so a compaction killed at any step leaves every row readable exactly
+  once; the next compaction or recorder removes the leftovers. A glob of ``part-*.parquet`` alone can see a row
+  twice while a compaction runs or after one was killed: read through :func:`load_results`.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -59,7 +68,8 @@ KNOWN_METHODS: tuple[str, ...] = ("nft", "flowgrpo", "flowgrpo-fast", "cfg")
 
 META_FILE = "meta.json"
 RECORDS_DIR = "records"
-_PART_NAME = re.compile(r"^part-(\d{6})\.parquet$")
+_PART_NAME = re.compile(r"^part-(\d{6})(?:-(\d{6}))?\.parquet$")  # part-<n> or compacted part-<first>-<last>
+_STALE_COMPACTION = ".part-??????-??????.parquet.tmp-*"  # the temp file of a compaction that was killed
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "numpy", "pandas", "pyarrow")
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST")
@@ -79,6 +89,14 @@ def make_run_id(method: str, reward: str, seed: int, stamp: str | None = None) -
     if stamp is None:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     return "_".join([_slug(method), _slug(reward), f"s{int(seed)}", _slug(stamp)])
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` itself when it is safe as a folder name; a ``ValueError`` that says what is allowed otherwise."""
+    if not _RUN_ID.match(run_id):
+        raise ValueError(f"run_id {run_id!r} must be letters, digits, '.', '_' or '-', starting with a letter or "
+                         "digit (see make_run_id)")
+    return run_id
 
 
 def _slug(text: object) -> str:
@@ -101,10 +119,22 @@ def collect_provenance() -> dict[str, Any]:
         "packages": {name: _package_version(name) for name in _PACKAGES},
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": _torch_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "platform": platform.platform(),
         "gpus": _gpu_names(),
         "slurm": {name: os.environ[name] for name in _SLURM_VARS if name in os.environ},
     }
+
+
+def _torch_threads() -> int | None:
+    """Intra-op threads torch computes with (runs side by side with ``OMP_NUM_THREADS=1`` say so here)."""
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
 
 
 def _git(repo: Path, *args: str) -> str | None:
@@ -150,16 +180,21 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames and deletions in ``folder`` durable, so a power loss cannot reorder them."""
     try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; its renames are still atomic
         return
     try:
-        os.fsync(folder)
+        os.fsync(handle)
     except OSError:
         pass
     finally:
-        os.close(folder)
+        os.close(handle)
 
 
 def read_meta(run_dir: Path | str) -> dict[str, Any]:
@@ -176,9 +211,7 @@ class RunRecorder:
     """
 
     def __init__(self, results_root: Path | str, run_id: str, meta: Mapping[str, Any]) -> None:
-        if not _RUN_ID.match(run_id):
-            raise ValueError(f"run_id {run_id!r} must be letters, digits, '.', '_' or '-' (see make_run_id)")
-        self.run_id = run_id
+        self.run_id = check_run_id(run_id)
         self.run_dir = Path(results_root) / run_id
         self.records_dir = self.run_dir / RECORDS_DIR
         self._run = _run_columns(run_id, meta)
@@ -190,10 +223,9 @@ class RunRecorder:
             self.meta = _complete_meta(run_id, meta)
             text = json.dumps(self.meta, indent=2, sort_keys=True, default=str).encode()
             atomic_write(self.run_dir / META_FILE, lambda handle: handle.write(text))
-        self._remove_stale_temp_files()
-        parts = sorted(self.records_dir.glob("part-*.parquet"))
-        numbers = [int(match.group(1)) for part in parts if (match := _PART_NAME.match(part.name))]
-        self._next_part = max(numbers, default=-1) + 1
+        self._remove_leftovers()
+        parts = live_parts(self.records_dir)
+        self._next_part = max((part_range(part)[1] for part in parts), default=-1) + 1
         self._last_epoch = max((_max_epoch(part) for part in parts), default=-1)
         self._rows: list[tuple[int, str, float, float]] = []
         self._pending: set[tuple[int, str]] = set()
@@ -258,11 +290,71 @@ class RunRecorder:
             count = len(self._rows)
             logger.warning("run %s: discarding %d unflushed rows after %s", self.run_id, count, exc_type.__name__)
 
-    def _remove_stale_temp_files(self) -> None:
-        """Temp files left by a killed writer of this run are garbage (their part was never renamed into place)."""
+    def _remove_leftovers(self) -> None:
+        """Temp files left by a killed writer or compaction of this run are garbage (never renamed into place), and
+        so are parts that a compacted file already holds (a compaction killed before it deleted them)."""
         for stale in self.records_dir.glob(".part-*.tmp-*"):
             logger.info("run %s: removing %s left by an interrupted write", self.run_id, stale.name)
             stale.unlink(missing_ok=True)
+        _remove_covered(self.records_dir)
+
+
+def part_range(path: Path) -> tuple[int, int]:
+    """The part numbers a records file holds: ``(n, n)`` for ``part-n``, ``(a, b)`` for a compacted ``part-a-b``."""
+    match = _PART_NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a records part (part-000000.parquet or part-000000-000009.parquet)")
+    first = int(match.group(1))
+    return first, int(match.group(2) or first)
+
+
+def _scan(records_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(live, covered)`` files of one run's records folder, each in part order. A file is covered when a compacted
+    file spans its part range and more: its rows are in that file too, so readers must skip it."""
+    ranges = {path: part_range(path) for path in records_dir.glob("part-*.parquet") if _PART_NAME.match(path.name)}
+    spans = [r for r in ranges.values() if r[0] != r[1]]  # compacted files: few, so the check below stays linear
+    live, covered = [], []
+    for path, (first, last) in sorted(ranges.items(), key=lambda item: item[1]):
+        inside = any(a <= first and last <= b and (a, b) != (first, last) for a, b in spans)
+        (covered if inside else live).append(path)
+    return live, covered
+
+
+def live_parts(records_dir: Path | str) -> list[Path]:
+    """The files of one run's records folder that together hold each of its rows exactly once, in part order."""
+    return _scan(Path(records_dir))[0]
+
+
+def _remove_covered(records_dir: Path) -> None:
+    """Delete the parts that a compacted file already holds (what a finished or killed compaction leaves)."""
+    covered = _scan(records_dir)[1]
+    for path in covered:
+        path.unlink(missing_ok=True)
+    if covered:
+        fsync_folder(records_dir)
+
+
+def compact_run(run_dir: Path | str) -> Path | None:
+    """Rewrite a run's records as one file ``part-<first>-<last>.parquet``; returns it (None without records).
+
+    Steps, each safe to be killed after: (1) read every live part (:func:`live_parts`), an earlier compacted file
+    included, and write them to a hidden temp file, fsynced; (2) publish it with one ``os.replace`` under a name that
+    says which part numbers it holds -- from then on readers skip those parts; (3) delete the covered parts. Running
+    it again finishes an interrupted compaction. Safe beside a recorder still appending to the run: parts flushed
+    after step (1) are numbered above the compacted range and stay separate files.
+    """
+    records_dir = Path(run_dir) / RECORDS_DIR
+    for stale in records_dir.glob(_STALE_COMPACTION):
+        stale.unlink(missing_ok=True)
+    live = live_parts(records_dir) if records_dir.is_dir() else []
+    if len(live) > 1:
+        first, last = part_range(live[0])[0], part_range(live[-1])[1]
+        table = pa.concat_tables([pq.read_table(path).select(COLUMNS).cast(SCHEMA) for path in live])
+        target = records_dir / f"part-{first:06d}-{last:06d}.parquet"
+        atomic_write(target, lambda handle: pq.write_table(table, handle))
+        live = [target]
+    _remove_covered(records_dir)
+    return live[0] if live else None
 
 
 def _max_epoch(part: Path) -> int:
@@ -286,11 +378,31 @@ def _run_columns(run_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Settings that say how long a run goes, where it writes and how often it logs -- not what an epoch computes. Runs
+# whose resolved configs agree on everything else are repeats of one setting and pool as seeds in the reports.
+FINGERPRINT_IGNORES: tuple[str, ...] = (
+    "seed", "run_id", "out", "ablation", "epochs", "budget_wall_s", "budget_gpu_hours", "budget_cpu_s",
+    "eval_every", "eval_every_s", "checkpoint_every", "tensorboard", "wandb", "reward_workers",
+)
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """A short hash of a resolved run config without :data:`FINGERPRINT_IGNORES` (12 hex digits).
+
+    Two runs with equal fingerprints differ only in seed, run id, output folder, label, length or logging, so their
+    curves are seeds of one setting; any other difference (a learning rate, an evaluation set) changes it."""
+    kept = {k: v for k, v in config.items() if k not in FINGERPRINT_IGNORES}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _complete_meta(run_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The caller's meta plus run id, start time and provenance (kept when the caller already gave them)."""
     now = time.time()
     full = dict(meta)
     full["run_id"] = run_id
+    if "config" in full and "config_fingerprint" not in full:
+        full["config_fingerprint"] = config_fingerprint(full["config"])
     full.setdefault("start_time", now)
     full.setdefault("start_time_iso", dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat())
     if "provenance" not in full:
@@ -317,25 +429,42 @@ def load_meta(results_root: Path | str) -> pd.DataFrame:
             {
                 "run_id": path.parent.name,
                 "ablation": meta.get("ablation", (meta.get("config") or {}).get("ablation")),
+                "config_fingerprint": meta.get("config_fingerprint")
+                or (config_fingerprint(meta["config"]) if meta.get("config") else None),
                 "start_time": meta.get("start_time"),
                 "git_commit": provenance.get("git_commit"),
                 "gpus": ", ".join(provenance.get("gpus") or []),
             }
         )
-    return pd.DataFrame(rows, columns=["run_id", "ablation", "start_time", "git_commit", "gpus"])
+    return pd.DataFrame(rows, columns=["run_id", "ablation", "config_fingerprint", "start_time", "git_commit", "gpus"])
 
 
 def load_results(results_root: Path | str, with_meta: bool = True) -> pd.DataFrame:
     """Every flushed row of every run under ``results_root`` in :data:`SCHEMA` (plus :data:`META_COLUMNS`).
 
-    Reads all parts with one ``pd.read_parquet`` call. Hidden temp files of interrupted writes are never matched.
+    Reads the :func:`live_parts` of every run with one ``pd.read_parquet`` call, so each row comes once, also while
+    a run is being compacted or after a compaction was killed. Hidden temp files of interrupted writes are never
+    matched.
     """
-    parts = sorted(Path(results_root).glob(f"*/{RECORDS_DIR}/part-*.parquet"))
-    df = pd.read_parquet(parts) if parts else SCHEMA.empty_table().to_pandas()
+    df = _read_parts(Path(results_root))
     if with_meta:
         meta = load_meta(results_root)[["run_id", *META_COLUMNS]]
         df = df.merge(meta, on="run_id", how="left")
     return df
+
+
+def _read_parts(results_root: Path, attempts: int = 3) -> pd.DataFrame:
+    """Every live part under ``results_root`` in one frame. A compaction that finishes between listing the parts and
+    reading them deletes some of them: list again then (up to ``attempts`` times)."""
+    attempt = 1
+    while True:
+        parts = [part for folder in sorted(results_root.glob(f"*/{RECORDS_DIR}")) for part in live_parts(folder)]
+        try:
+            return pd.read_parquet(parts) if parts else SCHEMA.empty_table().to_pandas()
+        except FileNotFoundError:
+            if attempt >= attempts:
+                raise
+            attempt += 1
 
 
 def wide(df: pd.DataFrame) -> pd.DataFrame:
@@ -347,3 +476,50 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     values.columns.name = None
     runs = df[run_columns].drop_duplicates("run_id")
     return runs.merge(values, on="run_id").sort_values(["run_id", "epoch"], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------- command line
+def find_runs(root: Path | str) -> list[Path]:
+    """Every run folder (``meta.json`` beside ``records/``) under ``root``, at any depth."""
+    folders = (path.parent for path in Path(root).rglob(RECORDS_DIR) if path.is_dir())
+    return sorted(folder for folder in folders if (folder / META_FILE).is_file())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m bench.records``."""
+    from bench.cli import existing_dir
+
+    parser = argparse.ArgumentParser(prog="python -m bench.records", description="Maintain the results store.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    compact = commands.add_parser(
+        "compact", help="Compact each run's Parquet parts into one file (what a finished run does by itself).",
+        description="Compact each run's Parquet parts into one file, atomically: every row stays readable exactly "
+                    "once (bench.records.load_results) at every moment, and an interrupted compaction is finished "
+                    "by the next one.")
+    compact.add_argument("runs", nargs="*", type=existing_dir, metavar="RUN",
+                         help="Run folders, e.g. results/<run_id>.")
+    compact.add_argument("--all", type=existing_dir, metavar="ROOT", help="Compact every run folder under ROOT.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """``python -m bench.records compact RUN... | --all ROOT``; returns the compacted files."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runs = [*args.runs, *(find_runs(args.all) if args.all else [])]
+    if not runs:
+        parser.error("compact: no run folder given or found: give run folders (results/<run_id>) or --all ROOT")
+    for run in runs:
+        if not (run / RECORDS_DIR).is_dir():
+            parser.error(f"compact: {run} has no {RECORDS_DIR}/ folder: give run folders such as results/<run_id>")
+    done = []
+    for run in runs:
+        before = len(list((run / RECORDS_DIR).glob("part-*.parquet")))
+        path = compact_run(run)
+        print(f"{run}: {before} files -> {path.name if path else 'no records'}")
+        done += [path] if path else []
+    return done
+
+
+if __name__ == "__main__":
+    main()

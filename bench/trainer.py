@@ -24,7 +24,8 @@ from tqdm import tqdm
 from bench import checkpoint
 from bench.config import RunConfig
 from bench.eval import EvalConfig, evaluate
-from bench.records import RunRecorder, make_run_id
+from bench.progress import RunBar, phase_bar
+from bench.records import RunRecorder, compact_run, make_run_id
 from bench.worlds import load_world
 from methods import registry
 from methods.base import RolloutBatch, derive_seed, sample_generators
@@ -61,6 +62,11 @@ def from_rank0(obj):
     return gather_objects(obj)[0]
 
 
+def headline_eval(values: dict[str, float]) -> float | None:
+    """The evaluation number a progress line shows: strict GenEval accuracy, else the mean evaluation reward."""
+    return values.get("eval/strict_accuracy", values.get("eval/avg_mean"))
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, policy=None):
         self.cfg = cfg
@@ -78,7 +84,7 @@ class Trainer:
             self.method.use_backend(cfg.backend, cfg.zero_stage)
         self.reward_spec = self.world.reward_spec(cfg.reward)
         self.test_set = (self.world.prompts(cfg.test_prompts or self.world.test_set)
-                         if cfg.eval_every or not entry.cls.trains else None)
+                         if cfg.eval_every or cfg.eval_every_s or not entry.cls.trains else None)
         self.train_set = self.sampler = self.rewards = None
         self.schedule, self.stage = None, 0
         if entry.cls.trains and cfg.reward_schedule:
@@ -99,7 +105,7 @@ class Trainer:
         cfg.run_id = self.run_id
         self.run_dir = Path(cfg.out) / self.run_id
         self.devices = self.world_size
-        self.state = {"epoch": 0, "wall_s": 0.0, "eval_s": 0.0, "images": 0, "forward": 0, "backward": 0}
+        self.state = {"epoch": 0, "wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "images": 0, "forward": 0, "backward": 0}
         self.recorder = None
         self.writer = None
         if self.rank == 0:
@@ -108,7 +114,22 @@ class Trainer:
                     "device": str(self.device), "precision": "fp16-autocast" if self.policy.options.autocast_dtype
                     else "fp32", "reward_spec": self.reward_spec}
             self.recorder = RunRecorder(cfg.out, self.run_id, meta)
+            self._note_resume_changes(meta["config"])
             self.writer = self._live_writer()
+
+    def _note_resume_changes(self, config: dict) -> None:
+        """A resumed run whose settings changed (a longer budget, say) appends what changed to ``resumes.jsonl``:
+        meta.json keeps the settings the run started with, this file the rest of its history."""
+        from bench.config import flatten
+        from bench.records import collect_provenance
+
+        before, now = flatten(self.recorder.meta.get("config") or {}), flatten(config)
+        changed = {k: [before.get(k), v] for k, v in now.items() if before.get(k) != v}
+        if self.recorder.meta.get("run_id") and changed and (self.run_dir / "records").exists():
+            line = {"time": time.time(), "changed": changed,
+                    "git_commit": collect_provenance().get("git_commit")}
+            with open(self.run_dir / "resumes.jsonl", "a") as f:
+                f.write(json.dumps(line, default=str) + "\n")
 
     def _apply_stage(self, epoch: int) -> None:
         """Switch reward and training prompts when a staged schedule enters a new stage (derived from the epoch
@@ -196,8 +217,7 @@ class Trainer:
         with adapter, torch.no_grad():
             shard_start = self.rank * self.sampler.batches_per_epoch * self.sampler.batch_size
             batches = self.sampler.batches(epoch)
-            for b, idx in enumerate(tqdm(batches, desc=f"rollout {epoch}", leave=False, disable=self.rank != 0,
-                                         dynamic_ncols=True)):
+            for b, idx in enumerate(phase_bar(batches, f"rollout {epoch}", self.rank == 0)):
                 prompts = [self.train_set.prompts[i] for i in idx]
                 metadata = [self.train_set.metadata[i] for i in idx]
                 cond = self.policy.encode(prompts)
@@ -216,7 +236,7 @@ class Trainer:
                 futures.append(self.rewards.submit(images, prompts, metadata))
                 parts.append((prompts, metadata, cond, res, ids))
         t_sample = time.perf_counter() - t0
-        scores = [self.rewards.result(f) for f in tqdm(futures, desc="reward", leave=False, disable=self.rank != 0)]
+        scores = [self.rewards.result(f) for f in phase_bar(futures, "reward", self.rank == 0)]
         t_reward_wait = time.perf_counter() - t0 - t_sample
         cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
         batch = RolloutBatch(
@@ -265,7 +285,7 @@ class Trainer:
         if saved is None:
             return 0
         self.method.load_state_dict(saved["method"])
-        self.state = saved["state"]
+        self.state = {**self.state, **saved["state"]}  # checkpoints older than a state key keep its zero
         return self.state["epoch"]
 
     def _budget_left(self) -> bool:
@@ -273,14 +293,39 @@ class Trainer:
             return False
         if self.cfg.budget_gpu_hours and self._gpu_hours() >= self.cfg.budget_gpu_hours:
             return False
+        if self.cfg.budget_cpu_s and self.state["cpu_s"] >= self.cfg.budget_cpu_s:
+            return False
         return True
+
+    def _clock(self) -> float:
+        """The training clock that the budget and a time-based evaluation cadence follow."""
+        return self.state["cpu_s"] if self.cfg.budget_cpu_s else self.state["wall_s"]
+
+    def _budget_s(self) -> float:
+        """The budget in seconds of :meth:`_clock` (0 without one): the CPU budget when set, else the tighter of the
+        wall-clock budget and the device-hour budget turned into wall-clock seconds."""
+        if self.cfg.budget_cpu_s:
+            return self.cfg.budget_cpu_s
+        limits = (self.cfg.budget_wall_s, self.cfg.budget_gpu_hours * 3600 / self.devices)
+        return min((limit for limit in limits if limit > 0), default=0.0)
+
+    def _progress(self, completed: int) -> RunBar:
+        """The main bar: seconds of the budget when the run has one, else epochs (rank 0 only draws)."""
+        return RunBar(self.cfg.method, epochs=self.cfg.epochs, budget_s=self._budget_s(),
+                      clock_name="cpu" if self.cfg.budget_cpu_s else "wall", clock=self._clock(), epoch=completed,
+                      enabled=self.rank == 0)
+
+    def _eval_due(self, completed: int, clock_before: float) -> bool:
+        if self.cfg.eval_every_s:
+            return int(self._clock() // self.cfg.eval_every_s) > int(clock_before // self.cfg.eval_every_s)
+        return bool(self.cfg.eval_every) and completed % self.cfg.eval_every == 0
 
     def _gpu_hours(self) -> float:
         """Device-hours: training wall-clock x devices (evaluation excluded)."""
         return self.state["wall_s"] * self.devices / 3600
 
     def _cum(self) -> dict[str, float]:
-        return {"cum/wall_s": self.state["wall_s"], "cum/gpu_hours": self._gpu_hours(),
+        return {"cum/wall_s": self.state["wall_s"], "cum/cpu_s": self.state["cpu_s"], "cum/gpu_hours": self._gpu_hours(),
                 "cum/images": self.state["images"], "cum/train_forward": self.state["forward"],
                 "cum/train_backward": self.state["backward"], "cum/eval_s": self.state["eval_s"]}
 
@@ -292,22 +337,25 @@ class Trainer:
         if not self.method.trains:
             values = self.evaluate(0)
             self._log(0, {**values, **self._cum()})
-            self.close()
+            self._finish()
             return {"run_id": self.run_id, "final": values, "epochs": 0, "wall_s": 0.0}
         completed = self._resume()
         # only rank 0 reads the records; the others follow it so every rank evaluates and stops at the same epochs
         last_logged = from_rank0(self.recorder.last_epoch() if self.recorder else -1)
         final: dict[str, float] = {}
-        if completed == 0 and last_logged < 0 and cfg.eval_every:
+        evaluates = bool(cfg.eval_every or cfg.eval_every_s)
+        if completed == 0 and last_logged < 0 and evaluates:
             final = self.evaluate(0)
             self.state["eval_s"] += final["time/eval_s"]
             self._log(0, {**final, **self._cum()})
-        bar = tqdm(total=cfg.epochs, initial=completed, desc=cfg.method, disable=self.rank != 0, dynamic_ncols=True)
+        bar = self._progress(completed)
+        bar.advance(self._clock(), completed, headline_eval(final))
         while completed < cfg.epochs and self._budget_left():
             epoch = completed
             if self.schedule is not None:
                 self._apply_stage(epoch)
-            t0 = time.perf_counter()
+            clock_before = self._clock()
+            t0, c0 = time.perf_counter(), time.process_time()
             batch, roll = self.rollout(epoch)
             stats = self.advantages(batch)
             t1 = time.perf_counter()
@@ -316,6 +364,7 @@ class Trainer:
             t_train = time.perf_counter() - t1
             # the slowest rank's time: one agreed number, so every rank stops at the same epoch of the budget
             self.state["wall_s"] += max(gather_objects(time.perf_counter() - t0))
+            self.state["cpu_s"] += max(gather_objects(time.process_time() - c0))
             self.state["images"] += roll.pop("images")
             self.state["forward"] += metrics.get("count/train_forward", 0) * self.world_size
             self.state["backward"] += metrics.get("count/train_backward", 0) * self.world_size
@@ -325,7 +374,7 @@ class Trainer:
             values = {**roll, **stats, **{f"train/{k}": v for k, v in metrics.items()}, "time/train_s": t_train,
                       "train/stage": self.stage}
             done = completed >= cfg.epochs or not self._budget_left()
-            if cfg.eval_every and fresh and (done or completed % cfg.eval_every == 0):
+            if evaluates and fresh and (done or self._eval_due(completed, clock_before)):
                 values.update(self.evaluate(completed))
                 self.state["eval_s"] += values["time/eval_s"]
             values.update(self._cum())
@@ -333,16 +382,24 @@ class Trainer:
                 self._log(completed, values)
             if completed % cfg.checkpoint_every == 0 and not done:
                 self._save(completed)  # the last one is written once, after the loop
-            bar.update(1)
+            score = headline_eval(values)
+            bar.advance(self._clock(), completed, score)
             if self.rank == 0:
-                ev = f"eval {values['eval/strict_accuracy']:.3f} | " if "eval/strict_accuracy" in values else ""
+                ev = f"eval {score:.3f} | " if score is not None else ""
                 tqdm.write(f"epoch {epoch:4d} | reward {stats['reward/avg_mean']:.4f} | {ev}"
-                           f"loss {metrics.get('loss', float('nan')):.4f} | train wall {self.state['wall_s']:.0f}s")
+                           f"loss {metrics.get('loss', float('nan')):.4f} | {bar.text(self._clock())}")
             final = values
         bar.close()
         self._save(completed)
-        self.close()
+        self._finish()
         return {"run_id": self.run_id, "final": final, "epochs": completed, "wall_s": self.state["wall_s"]}
+
+    def _finish(self) -> None:
+        """End a run that completed its epochs or budget: close it, then compact its records into one file (rank 0;
+        a crashed run keeps its per-epoch parts, and a resumed one appends new parts after the compacted file)."""
+        self.close()
+        if self.rank == 0:
+            compact_run(self.run_dir)
 
     def close(self) -> None:
         if self.rewards is not None:

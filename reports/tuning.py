@@ -1,53 +1,66 @@
-"""The tuning table of docs/tuning.md, rebuilt from ``results/``: held-out accuracy against training wall-clock.
+"""The tuning table of docs/tuning.md, rebuilt from ``results/``: held-out accuracy against the training clock.
 
     python -m reports.tuning --results results                       # every run that evaluated
     python -m reports.tuning --results results --runs nft_a,nft_b    # these runs, in this order
+    python -m reports.tuning --results results --clock wall          # wall-clock even for CPU-budgeted runs
 
 One row per run: the evaluation metric (default ``eval/strict_accuracy``) at the first evaluation at or after each
-checkpoint of training wall-clock (evaluation excluded), its peak, the final value and the change from the start.
-A run that stopped before a checkpoint shows a blank there, never a carried-over value.
+checkpoint of the training clock (evaluation excluded), its peak, the final value and the change from the start.
+The clock is the run's own (``--clock auto``: CPU time for a run budgeted by CPU time, else wall-clock; see
+:mod:`reports.groups`) and is named in the ``clock`` column. A run that stopped before a checkpoint shows a blank
+there, never a carried-over value.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pandas as pd
 
 from bench.records import load_results
-from reports.build import markdown_table
+from reports.groups import CLOCK_CHOICES, resolve_clock, run_table
+from reports.markdown import markdown_table
 from reports.speedup import curves
 
 
 def tuning_table(df: pd.DataFrame, run_ids: list[str], checkpoints_s: tuple[float, ...] = (300, 600, 900),
-                 metric: str = "eval/strict_accuracy") -> pd.DataFrame:
+                 metric: str = "eval/strict_accuracy", clock: str = "auto",
+                 runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The table for ``run_ids`` (in that order; runs without the metric are left out). ``runs``
+    (:func:`reports.groups.run_table`) gives the CPU budgets ``clock="auto"`` looks at; without it, wall-clock."""
+    runs = run_table(df) if runs is None else runs
     rows = []
     for run_id in run_ids:
-        curve = curves(df[df["run_id"] == run_id], metric, "cum/wall_s").rename(columns={"x": "wall_s", "y": "value"})
+        run_clock = resolve_clock(clock, runs[runs["run_id"] == run_id])
+        curve = curves(df[df["run_id"] == run_id], metric, run_clock.key)
         if curve.empty:
             continue
+        seconds = curve["x"] * run_clock.to_seconds
         label = df.loc[df["run_id"] == run_id, "ablation"].dropna()
-        row = {"run": run_id, "label": label.iloc[0] if len(label) else "", "start": curve["value"].iloc[0]}
+        row = {"run": run_id, "label": label.iloc[0] if len(label) else "", "clock": run_clock.short,
+               "start": curve["y"].iloc[0]}
         for s in checkpoints_s:  # allow 2 % slack: the last epoch ends a little past the budget, or just short of it
-            after = curve[curve["wall_s"] >= 0.98 * s]
-            row[f"~{s:.0f} s"] = after["value"].iloc[0] if len(after) else float("nan")
-        row["peak"] = curve["value"].max()
-        row["final"] = curve["value"].iloc[-1]
-        row["final wall (s)"] = curve["wall_s"].iloc[-1]
+            after = curve["y"][seconds >= 0.98 * s]
+            row[f"~{s:.0f} s"] = after.iloc[0] if len(after) else float("nan")
+        row.update({"peak": curve["y"].max(), "final": curve["y"].iloc[-1], "final clock (s)": seconds.iloc[-1]})
         row["final - start"] = row["final"] - row["start"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Print the tuning table (accuracy vs training wall-clock) as Markdown.")
+    ap = argparse.ArgumentParser(description="Print the tuning table (accuracy vs training clock) as Markdown.")
     ap.add_argument("--results", default="results", help="Results root folder to read.")
     ap.add_argument("--runs", default="", help="Comma-separated run ids in the order to show; default: every run "
                                                "that evaluated, sorted by id.")
     ap.add_argument("--metric", default="eval/strict_accuracy", help="Evaluation key to tabulate.")
+    ap.add_argument("--clock", choices=CLOCK_CHOICES, default="auto",
+                    help="Training clock: auto = CPU time for CPU-budgeted runs, else wall-clock.")
     args = ap.parse_args(argv)
     df = load_results(args.results)
     runs = [r for r in args.runs.split(",") if r] or sorted(df.loc[df["key"] == args.metric, "run_id"].unique())
-    print(markdown_table(tuning_table(df, runs, metric=args.metric)))
+    print(markdown_table(tuning_table(df, runs, metric=args.metric, clock=args.clock,
+                                      runs=run_table(df, Path(args.results)))))
 
 
 if __name__ == "__main__":

@@ -211,11 +211,12 @@ def main(argv: list[str] | None = None) -> list[Any]:
     """Resolve the grid, drop finished runs, submit one array; returns the submitted jobs."""
     from bench.run import configs_from_args
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.run_id:
-        raise SystemExit("slurm.submit derives each run id from (method, reward, seed, grid name): "
-                         "drop --run-id (use --grid-name to choose the grid part)")
-    configs = configs_from_args(args)
+        parser.error("--run-id: slurm.submit derives each run id from (method, reward, seed, grid name); "
+                     "drop --run-id (use --grid-name to choose the grid part)")
+    configs = configs_from_args(args, parser)
     args.grid_name = args.grid_name or grid_name(configs)
     assign_run_ids(configs, args.grid_name)
     todo = [c for c in configs if not run_is_done(c.out, c.run_id)]

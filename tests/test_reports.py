@@ -4,12 +4,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bench.records import RunRecorder, load_results
 from reports.build import build, load_published
-from reports.speedup import isotonic, speedup_table, time_to_reach
+from reports.speedup import isotonic, speedup_markdown, speedup_table, time_to_reach
 
 TAGS = ("single_object", "position")
 
@@ -55,28 +54,27 @@ def synthetic_store(root, evals=True, methods=("nft", "flowgrpo")):
 
 def test_speedup_matches_hand_computed_crossings(tmp_path):
     synthetic_store(tmp_path)
-    table = speedup_table(load_results(tmp_path), "reward/avg_mean", n_boot=300, seed=1).set_index("target")
-    # FlowGRPO's mean curve ends at 0.45 after 20 GPU-h; NFT's mean curve 0.1 * x crosses 0.45 at x = 4.5.
-    grpo_final = table.loc["flowgrpo final"]
-    assert grpo_final["target_value"] == pytest.approx(0.45)
-    assert grpo_final["x_a"] == pytest.approx(4.5) and grpo_final["x_b"] == pytest.approx(20.0)
-    assert grpo_final["speedup"] == pytest.approx(20 / 4.5)
-    assert grpo_final["ci_low"] <= 20 / 4.5 <= grpo_final["ci_high"]
-    assert 4.0 < grpo_final["ci_low"] and grpo_final["ci_high"] < 5.0  # resampled offsets move x_a within 4.2..4.8
-    assert grpo_final["boot_reached"] == 1.0
-    # NFT ends at 1.0 after 10 GPU-h, which FlowGRPO never reaches: speedup unknown, but at least 20 / 10.
-    nft_final = table.loc["nft final"]
-    assert nft_final["x_a"] == pytest.approx(10.0) and math.isnan(nft_final["x_b"])
-    assert math.isnan(nft_final["speedup"]) and nft_final["lower_bound"] == pytest.approx(2.0)
+    text = speedup_markdown(load_results(tmp_path), clock="gpu_hours", n_boot=2000, seed=1)
+    assert "clock: device time: training wall-clock x devices (evaluation excluded) (`cum/gpu_hours`)" in text
+    # FlowGRPO ends at 0.44 / 0.46 (mean 0.45). NFT seeds (0.1 * epoch -/+ 0.02, 1 GPU-h per epoch) reach 0.45 at
+    # 4.7 and 4.3 GPU-h (mean 4.5 h); FlowGRPO seed 1 (0.045 * epoch + 0.01, 2 GPU-h per epoch) at 19.56 GPU-h,
+    # seed 0 never (censored at its last evaluation, 20 GPU-h): speedup > 19.78 / 4.5 = 4.4; the interval's end is
+    # the slowest-A / fastest-B resample, 19.56 / 4.7 = 4.2 (probability 1/16 > 2.5 %).
+    assert "| flowgrpo final = 0.450 | 4.5 h | > 20 h (1/2 seeds reached) | > 4.4x [> 4.2x] (bound: flowgrpo " \
+           "censored) | 2 / 2 |" in text
+    # NFT ends at 0.98 / 1.02 (mean 1.0) after 10 GPU-h: seed 1 reaches 1.0 at 9.8 h, seed 0 never (censored at
+    # 10 h); FlowGRPO never gets there (both seeds censored at 20 h): no bound either way
+    assert "| nft final = 1.000 | > 9.9 h (1/2 seeds reached) | > 20 h (not reached) | no bound: censored on both " \
+           "sides (nft 1/2, flowgrpo 0/2 seeds reached) | 2 / 2 |" in text
+    # a start target that one NFT seed meets at its first evaluation: resamples of that seed alone divide by 0
+    assert "| nft start + 0.02 = 0.020 | 12 min | 53 min | 4.4x [1.1x .. unbounded] | 2 / 2 |" in text
 
 
-def test_speedup_refuses_mixed_rewards_and_missing_methods(tmp_path):
+def test_speedup_needs_two_methods_and_curves(tmp_path):
     synthetic_store(tmp_path, methods=("nft",))
-    df = load_results(tmp_path)
+    assert speedup_markdown(load_results(tmp_path), n_boot=10).startswith("_No pair of `nft` and `flowgrpo` runs")
     with pytest.raises(ValueError, match="flowgrpo"):
-        speedup_table(df, "reward/avg_mean", n_boot=10)
-    with pytest.raises(ValueError, match="one reward"):
-        speedup_table(pd.concat([df, df.assign(reward="ocr")]), "reward/avg_mean", n_boot=10)
+        speedup_table([(np.array([0.0, 1.0]), np.array([0.1, 0.2]))], [], "nft", "flowgrpo")
 
 
 def test_published_csvs_are_labelled_data():
@@ -90,24 +88,26 @@ def test_published_csvs_are_labelled_data():
     assert single["value"].tolist() == [0.98]
 
 
-def test_build_writes_plots_and_labels_measured_and_published_rows(tmp_path):
+def test_build_writes_plots_and_keeps_measured_and_published_tables_apart(tmp_path):
     synthetic_store(tmp_path / "results")
     write_run(tmp_path / "results", "nft", 2, 11, 1.0, 0.05, 0.0, ablation="half-lr")  # must not join the nft seeds
     report = build(tmp_path / "results", tmp_path / "out", n_boot=50)
     text = report.read_text()
-    for png in ("reward_vs_gpu_hours.png", "reward_vs_wall_clock.png", "ablation_toy_geneval.png"):
+    for png in ("default_toy_geneval.png", "ablation_toy_geneval.png"):
         assert (tmp_path / "out" / png).stat().st_size > 0 and f"({png})" in text
-    assert "measured (this harness, toy)" in text
+    assert "World `toy` (measured)" in text
     assert "published: FlowGRPO (arXiv 2505.05470 v5) GenEval per task, exact" in text
     assert "published: DiffusionNFT (arXiv 2509.16117) Fig. 1a / Fig. 6, read-off-plot" in text
-    assert "| flowgrpo final | 0.45 | 4.5 | 20 | 4.444 |" in text  # measured speedup, ablation run left out
+    assert "| flowgrpo final = 0.450 | 4.5 h | > 20 h (1/2 seeds reached) | > 4.4x" in text  # ablation run left out
     assert "1 runs carry an `ablation` label" in text
+    for table in text.split("\n\n"):  # no table holds both a measured (toy) row and a published one
+        assert not ("| nft |" in table and "published:" in table)
 
 
 def test_build_copes_with_one_method_and_no_evals(tmp_path):
     synthetic_store(tmp_path / "results", evals=False, methods=("flowgrpo",))
     text = build(tmp_path / "results", tmp_path / "out", n_boot=10).read_text()
-    assert "no speedup" in text and "No measured eval rows" in text
+    assert "no speedup" in text and "| flowgrpo | geneval | 2 |" in text
     assert "published: FlowGRPO (arXiv 2505.05470 v5) Table 2, exact" in text
     empty = build(tmp_path / "nothing", tmp_path / "out2", n_boot=10).read_text()
     assert "No measured runs found" in empty
@@ -129,4 +129,5 @@ def test_tuning_table_reads_values_at_wall_clock_checkpoints(tmp_path):
     assert list(table.index) == ["run-a"] and row["label"] == "tuning:x"
     assert row["start"] == 0.30 and row["~300 s"] == 0.34  # 295 s is within the 2 % slack of 300 s
     assert row["~600 s"] == 0.41 and math.isnan(row["~900 s"])  # never reached: blank, not carried over
-    assert row["peak"] == 0.41 and row["final - start"] == pytest.approx(0.11) and row["final wall (s)"] == 610.0
+    assert row["peak"] == 0.41 and row["final - start"] == pytest.approx(0.11) and row["final clock (s)"] == 610.0
+    assert row["clock"] == "wall-clock"  # no CPU budget in its config

@@ -174,3 +174,24 @@ def test_reward_on_rendered_images():
     assert torch.equal(evaluation["shapes_geneval"], train["shapes_geneval"])
     with pytest.raises(ValueError):
         ShapesGenEvalReward()(images, prompts_[:-1], metas)
+
+
+def test_overlap_by_tag_counts_shared_prompts():
+    # hand-made files: one tag fully shared, one fully held out, one half shared (3 lines, 2 distinct prompts)
+    train = [{"prompt": "a", "tag": "x"}, {"prompt": "b", "tag": "z"}]
+    test = [{"prompt": "a", "tag": "x"}, {"prompt": "a", "tag": "x"}, {"prompt": "c", "tag": "y"},
+            {"prompt": "b", "tag": "z"}, {"prompt": "d", "tag": "z"}, {"prompt": "d", "tag": "z"}]
+    assert prompts.overlap_by_tag(train, test) == {
+        "x": {"lines": 2, "lines_in_train": 2, "prompts": 1, "prompts_in_train": 1},
+        "y": {"lines": 1, "lines_in_train": 0, "prompts": 1, "prompts_in_train": 0},
+        "z": {"lines": 3, "lines_in_train": 1, "prompts": 2, "prompts_in_train": 1},
+    }
+
+
+def test_held_out_tags_are_what_the_shipped_files_hold():
+    overlap = prompts.overlap_by_tag(TRAIN, TEST)
+    for tag in prompts.HELD_OUT_TAGS:
+        assert overlap[tag]["lines_in_train"] == 0 and overlap[tag]["lines"] > 0, tag
+    for tag in prompts.IN_DISTRIBUTION_TAGS:
+        assert overlap[tag]["lines_in_train"] == overlap[tag]["lines"] > 0, tag
+    assert set(prompts.HELD_OUT_TAGS) | set(prompts.IN_DISTRIBUTION_TAGS) == set(overlap)

@@ -43,7 +43,7 @@ def _argv(tmp: Path, out: str, methods: str, epochs: int, *extra: str) -> list[s
 
 def _train_records(root: Path) -> pd.Series:
     df = load_results(root)
-    df = df[~df.key.str.startswith(("time/", "cum/wall", "cum/gpu", "cum/eval"))]
+    df = df[~df.key.str.startswith(("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval"))]
     return df.set_index(["epoch", "key"])["value"].sort_index()
 
 

@@ -51,7 +51,7 @@ def test_cfg_baseline_only_evaluates(tmp_path):
 
 def _train_records(root):
     df = load_results(root)
-    df = df[~df.key.str.startswith(("time/", "cum/wall", "cum/gpu", "cum/eval"))]
+    df = df[~df.key.str.startswith(("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval"))]
     return df.set_index(["epoch", "key"])["value"].sort_index()
 
 
