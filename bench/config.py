@@ -46,6 +46,10 @@ class RunConfig:
     """Stop once rollout + reward + train wall-clock exceeds this (0 = no limit; evaluation time excluded)."""
     budget_gpu_hours: float = 0.0
     """Stop once device-hours (wall x devices, evaluation excluded) exceed this (0 = no limit)."""
+    budget_cpu_s: float = 0.0
+    """Stop once the process's CPU time in rollout + reward + train exceeds this (0 = no limit; evaluation
+    excluded). The contention-proof clock for CPU runs: two one-thread runs side by side, or a run sharing the
+    machine with other work, are slowed in wall-clock but not in CPU seconds."""
     prompts_per_epoch: int = 8
     """Distinct prompts per epoch (paper: 48)."""
     images_per_prompt: int = 8
@@ -56,6 +60,9 @@ class RunConfig:
     """Image side in pixels (0 = the world's)."""
     eval_every: int = 10
     """Evaluate every N epochs (and at epoch 0 and at the end); 0 disables in-run evaluation."""
+    eval_every_s: float = 0.0
+    """> 0: evaluate instead each time the training clock (CPU seconds when ``budget_cpu_s`` is set, else
+    wall-clock seconds) passes a multiple of this, so methods of different epoch lengths share one cadence."""
     eval_prompts: int = 256
     """Test prompts per evaluation (0 = all); x eval_images_per_prompt images."""
     eval_images_per_prompt: int = 4

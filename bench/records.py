@@ -20,6 +20,7 @@ Why this shape:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -101,10 +102,22 @@ def collect_provenance() -> dict[str, Any]:
         "packages": {name: _package_version(name) for name in _PACKAGES},
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": _torch_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "platform": platform.platform(),
         "gpus": _gpu_names(),
         "slurm": {name: os.environ[name] for name in _SLURM_VARS if name in os.environ},
     }
+
+
+def _torch_threads() -> int | None:
+    """Intra-op threads torch computes with (runs side by side with ``OMP_NUM_THREADS=1`` say so here)."""
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
 
 
 def _git(repo: Path, *args: str) -> str | None:
@@ -286,11 +299,31 @@ def _run_columns(run_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Settings that say how long a run goes, where it writes and how often it logs -- not what an epoch computes. Runs
+# whose resolved configs agree on everything else are repeats of one setting and pool as seeds in the reports.
+FINGERPRINT_IGNORES: tuple[str, ...] = (
+    "seed", "run_id", "out", "ablation", "epochs", "budget_wall_s", "budget_gpu_hours", "budget_cpu_s",
+    "eval_every", "eval_every_s", "checkpoint_every", "tensorboard", "wandb", "reward_workers",
+)
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """A short hash of a resolved run config without :data:`FINGERPRINT_IGNORES` (12 hex digits).
+
+    Two runs with equal fingerprints differ only in seed, run id, output folder, label, length or logging, so their
+    curves are seeds of one setting; any other difference (a learning rate, an evaluation set) changes it."""
+    kept = {k: v for k, v in config.items() if k not in FINGERPRINT_IGNORES}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _complete_meta(run_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The caller's meta plus run id, start time and provenance (kept when the caller already gave them)."""
     now = time.time()
     full = dict(meta)
     full["run_id"] = run_id
+    if "config" in full and "config_fingerprint" not in full:
+        full["config_fingerprint"] = config_fingerprint(full["config"])
     full.setdefault("start_time", now)
     full.setdefault("start_time_iso", dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat())
     if "provenance" not in full:

@@ -31,6 +31,11 @@ FLAGS = {
                                               "training (evaluation excluded); 0 means no limit."),
     "budget-gpu-hours": ("budget_gpu_hours", float, "Equal device-hour budget per run (wall-clock x devices, "
                                                     "evaluation excluded); 0 means no limit."),
+    "budget-cpu-s": ("budget_cpu_s", float, "Equal CPU-time budget per run in seconds (rollout, reward and "
+                                            "training; evaluation excluded): the fair clock when runs share a "
+                                            "machine; 0 means no limit."),
+    "eval-every-s": ("eval_every_s", float, "Evaluate each time the training clock passes a multiple of this many "
+                                            "seconds (CPU seconds with --budget-cpu-s), instead of every N epochs."),
     "eval-every": ("eval_every", int, "Evaluate every N epochs, at epoch 0 and at the end; 0 disables evaluation."),
     "eval-prompts": ("eval_prompts", int, "Number of evenly spaced test prompts per evaluation; 0 means all of them."),
     "out": ("out", str, "Results root folder; each run writes <out>/<run_id>/."),

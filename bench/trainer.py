@@ -78,7 +78,7 @@ class Trainer:
             self.method.use_backend(cfg.backend, cfg.zero_stage)
         self.reward_spec = self.world.reward_spec(cfg.reward)
         self.test_set = (self.world.prompts(cfg.test_prompts or self.world.test_set)
-                         if cfg.eval_every or not entry.cls.trains else None)
+                         if cfg.eval_every or cfg.eval_every_s or not entry.cls.trains else None)
         self.train_set = self.sampler = self.rewards = None
         self.schedule, self.stage = None, 0
         if entry.cls.trains and cfg.reward_schedule:
@@ -99,7 +99,7 @@ class Trainer:
         cfg.run_id = self.run_id
         self.run_dir = Path(cfg.out) / self.run_id
         self.devices = self.world_size
-        self.state = {"epoch": 0, "wall_s": 0.0, "eval_s": 0.0, "images": 0, "forward": 0, "backward": 0}
+        self.state = {"epoch": 0, "wall_s": 0.0, "cpu_s": 0.0, "eval_s": 0.0, "images": 0, "forward": 0, "backward": 0}
         self.recorder = None
         self.writer = None
         if self.rank == 0:
@@ -108,7 +108,22 @@ class Trainer:
                     "device": str(self.device), "precision": "fp16-autocast" if self.policy.options.autocast_dtype
                     else "fp32", "reward_spec": self.reward_spec}
             self.recorder = RunRecorder(cfg.out, self.run_id, meta)
+            self._note_resume_changes(meta["config"])
             self.writer = self._live_writer()
+
+    def _note_resume_changes(self, config: dict) -> None:
+        """A resumed run whose settings changed (a longer budget, say) appends what changed to ``resumes.jsonl``:
+        meta.json keeps the settings the run started with, this file the rest of its history."""
+        from bench.config import flatten
+        from bench.records import collect_provenance
+
+        before, now = flatten(self.recorder.meta.get("config") or {}), flatten(config)
+        changed = {k: [before.get(k), v] for k, v in now.items() if before.get(k) != v}
+        if self.recorder.meta.get("run_id") and changed and (self.run_dir / "records").exists():
+            line = {"time": time.time(), "changed": changed,
+                    "git_commit": collect_provenance().get("git_commit")}
+            with open(self.run_dir / "resumes.jsonl", "a") as f:
+                f.write(json.dumps(line, default=str) + "\n")
 
     def _apply_stage(self, epoch: int) -> None:
         """Switch reward and training prompts when a staged schedule enters a new stage (derived from the epoch
@@ -265,7 +280,7 @@ class Trainer:
         if saved is None:
             return 0
         self.method.load_state_dict(saved["method"])
-        self.state = saved["state"]
+        self.state = {**self.state, **saved["state"]}  # checkpoints older than a state key keep its zero
         return self.state["epoch"]
 
     def _budget_left(self) -> bool:
@@ -273,14 +288,25 @@ class Trainer:
             return False
         if self.cfg.budget_gpu_hours and self._gpu_hours() >= self.cfg.budget_gpu_hours:
             return False
+        if self.cfg.budget_cpu_s and self.state["cpu_s"] >= self.cfg.budget_cpu_s:
+            return False
         return True
+
+    def _clock(self) -> float:
+        """The training clock that the budget and a time-based evaluation cadence follow."""
+        return self.state["cpu_s"] if self.cfg.budget_cpu_s else self.state["wall_s"]
+
+    def _eval_due(self, completed: int, clock_before: float) -> bool:
+        if self.cfg.eval_every_s:
+            return int(self._clock() // self.cfg.eval_every_s) > int(clock_before // self.cfg.eval_every_s)
+        return bool(self.cfg.eval_every) and completed % self.cfg.eval_every == 0
 
     def _gpu_hours(self) -> float:
         """Device-hours: training wall-clock x devices (evaluation excluded)."""
         return self.state["wall_s"] * self.devices / 3600
 
     def _cum(self) -> dict[str, float]:
-        return {"cum/wall_s": self.state["wall_s"], "cum/gpu_hours": self._gpu_hours(),
+        return {"cum/wall_s": self.state["wall_s"], "cum/cpu_s": self.state["cpu_s"], "cum/gpu_hours": self._gpu_hours(),
                 "cum/images": self.state["images"], "cum/train_forward": self.state["forward"],
                 "cum/train_backward": self.state["backward"], "cum/eval_s": self.state["eval_s"]}
 
@@ -298,7 +324,8 @@ class Trainer:
         # only rank 0 reads the records; the others follow it so every rank evaluates and stops at the same epochs
         last_logged = from_rank0(self.recorder.last_epoch() if self.recorder else -1)
         final: dict[str, float] = {}
-        if completed == 0 and last_logged < 0 and cfg.eval_every:
+        evaluates = bool(cfg.eval_every or cfg.eval_every_s)
+        if completed == 0 and last_logged < 0 and evaluates:
             final = self.evaluate(0)
             self.state["eval_s"] += final["time/eval_s"]
             self._log(0, {**final, **self._cum()})
@@ -307,7 +334,8 @@ class Trainer:
             epoch = completed
             if self.schedule is not None:
                 self._apply_stage(epoch)
-            t0 = time.perf_counter()
+            clock_before = self._clock()
+            t0, c0 = time.perf_counter(), time.process_time()
             batch, roll = self.rollout(epoch)
             stats = self.advantages(batch)
             t1 = time.perf_counter()
@@ -316,6 +344,7 @@ class Trainer:
             t_train = time.perf_counter() - t1
             # the slowest rank's time: one agreed number, so every rank stops at the same epoch of the budget
             self.state["wall_s"] += max(gather_objects(time.perf_counter() - t0))
+            self.state["cpu_s"] += max(gather_objects(time.process_time() - c0))
             self.state["images"] += roll.pop("images")
             self.state["forward"] += metrics.get("count/train_forward", 0) * self.world_size
             self.state["backward"] += metrics.get("count/train_backward", 0) * self.world_size
@@ -325,7 +354,7 @@ class Trainer:
             values = {**roll, **stats, **{f"train/{k}": v for k, v in metrics.items()}, "time/train_s": t_train,
                       "train/stage": self.stage}
             done = completed >= cfg.epochs or not self._budget_left()
-            if cfg.eval_every and fresh and (done or completed % cfg.eval_every == 0):
+            if evaluates and fresh and (done or self._eval_due(completed, clock_before)):
                 values.update(self.evaluate(completed))
                 self.state["eval_s"] += values["time/eval_s"]
             values.update(self._cum())
