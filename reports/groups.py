@@ -28,7 +28,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from bench.records import FINGERPRINT_IGNORES, load_meta, read_meta
+from bench.config import with_defaults
+from bench.records import FINGERPRINT_IGNORES, config_fingerprint, load_meta, read_meta
 
 BASELINE_METHOD = "cfg"  # an untrained baseline: only an epoch-0 evaluation
 METHOD_ORDER = ("nft", "flowgrpo", "flowgrpo-fast")  # in a pair, the method listed first is A
@@ -127,17 +128,23 @@ def run_table(df: pd.DataFrame, root: Path | str | None = None) -> pd.DataFrame:
             runs[column] = None
     runs["ablation"] = runs["ablation"].map(lambda v: v if isinstance(v, str) and v else None)
     runs["config_fingerprint"] = runs["config_fingerprint"].map(lambda v: v if isinstance(v, str) else None)
-    runs["settings"] = [_settings(root, run_id) for run_id in runs["run_id"]]
+    configs = {run_id: _config(root, run_id) for run_id in runs["run_id"]}
+    # recomputed on the config completed with today's defaults, so runs made before an option existed still pool
+    # with today's runs of the same setting (bench.config.with_defaults)
+    runs["config_fingerprint"] = [config_fingerprint(with_defaults(configs[r])) if configs[r] else fp
+                                  for r, fp in zip(runs["run_id"], runs["config_fingerprint"])]
+    runs["settings"] = [flatten(with_defaults(configs[r])) if configs[r] else {} for r in runs["run_id"]]
     runs["budget_cpu_s"] = [float(s.get("budget_cpu_s") or 0.0) for s in runs["settings"]]
     cpu = df[df["key"] == CLOCKS["cpu"].key].groupby("run_id")["value"].max()
     runs["cpu_logged"] = runs["run_id"].map(cpu).fillna(0.0).gt(0).to_numpy()
     return runs.reset_index(drop=True)
 
 
-def _settings(root: Path | str | None, run_id: str) -> dict[str, Any]:
+def _config(root: Path | str | None, run_id: str) -> dict[str, Any]:
+    """The stored config of a run (empty without ``root`` or meta.json)."""
     if root is None or not (Path(root) / run_id / "meta.json").exists():
         return {}
-    return flatten(read_meta(Path(root) / run_id).get("config") or {})
+    return read_meta(Path(root) / run_id).get("config") or {}
 
 
 def resolve_clock(choice: str, runs: pd.DataFrame) -> Clock:

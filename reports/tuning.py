@@ -44,8 +44,19 @@ def tuning_table(df: pd.DataFrame, run_ids: list[str], checkpoints_s: tuple[floa
             row[f"~{s:.0f} s"] = after.iloc[0] if len(after) else float("nan")
         row.update({"peak": curve["y"].max(), "final": curve["y"].iloc[-1], "final clock (s)": seconds.iloc[-1]})
         row["final - start"] = row["final"] - row["start"]
+        row.update(reward_trend(df[df["run_id"] == run_id]))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def reward_trend(run: pd.DataFrame, key: str = "reward/avg_mean", fraction: float = 0.2) -> dict[str, float]:
+    """The training reward (on the method's own rollouts) averaged over the first and the last ``fraction`` of a
+    run's epochs (at least one each): whether the policy improves on what it samples, beside the evaluation."""
+    values = run[run["key"] == key].sort_values("epoch")["value"].to_numpy()
+    if len(values) == 0:
+        return {}
+    n = max(1, int(len(values) * fraction))
+    return {"train reward, first 20 %": float(values[:n].mean()), "last 20 %": float(values[-n:].mean())}
 
 
 def main(argv: list[str] | None = None) -> None:

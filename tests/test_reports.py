@@ -120,6 +120,8 @@ def test_tuning_table_reads_values_at_wall_clock_checkpoints(tmp_path):
     with RunRecorder(tmp_path, "run-a", meta) as recorder:  # evaluations at 0, 295, 610 s; the run stops at 610 s
         for epoch, wall, acc in ((0, 0.0, 0.30), (1, 150.0, None), (2, 295.0, 0.34), (3, 610.0, 0.41)):
             values = {"cum/wall_s": wall}  # logged every row, the initial evaluation's row 0 included
+            if epoch:  # training rows carry the rollout reward: 0.2, 0.4, 0.6
+                values["reward/avg_mean"] = 0.2 * epoch
             if acc is not None:
                 values["eval/strict_accuracy"] = acc
             recorder.log(epoch, values)
@@ -131,3 +133,5 @@ def test_tuning_table_reads_values_at_wall_clock_checkpoints(tmp_path):
     assert row["~600 s"] == 0.41 and math.isnan(row["~900 s"])  # never reached: blank, not carried over
     assert row["peak"] == 0.41 and row["final - start"] == pytest.approx(0.11) and row["final clock (s)"] == 610.0
     assert row["clock"] == "wall-clock"  # no CPU budget in its config
+    # 3 training rows: the first and last 20 % are one epoch each
+    assert row["train reward, first 20 %"] == pytest.approx(0.2) and row["last 20 %"] == pytest.approx(0.6)

@@ -141,8 +141,8 @@ def test_repeats_count_once_and_are_reported(tmp_path):
     text = build(tmp_path / "results", tmp_path / "out", n_boot=200).read_text()
     # the repeat ran 60 s against 200 s: dropped, so nft's 0.50 final stands and the repeat's 0.9 is nowhere
     assert "Repeat dropped: `nft-s0-repeat` (same setting and seed as `nft-s0`" in text
-    assert "| nft final = 0.500 | 175 s | > 14 min (not reached) |" in text
-    assert "| nft | geneval | 2 (1 repeat(s) dropped) |" in text
+    assert "| nft (no CFG) final = 0.500 | 175 s | > 14 min (not reached) |" in text
+    assert "| nft (no CFG) | geneval | 2 (1 repeat(s) dropped) |" in text
     assert "| nft-s0-repeat | nft | toy | geneval | 0 |" in text and "repeat of nft-s0" in text
 
 
@@ -162,18 +162,18 @@ def test_runs_of_different_settings_are_separate_curves(tmp_path):
     df = load_results(tmp_path)
     (panel,) = panels(df, run_table(df, tmp_path))
     groups = {g.label: g.runs for g in panel.groups}  # the budget is not a setting: lr4 and lr4-long pool
-    assert groups == {"nft [optim.lr=0.001]": ["lr3"], "nft [optim.lr=0.0001]": ["lr4", "lr4-long"]}
+    assert groups == {"nft (no CFG) [optim.lr=0.001]": ["lr3"], "nft (no CFG) [optim.lr=0.0001]": ["lr4", "lr4-long"]}
 
 
 def test_cpu_budgeted_runs_are_timed_on_cpu_seconds(tmp_path):
     comparison_store(tmp_path, cpu=True)
     text = speedup_markdown(tmp_path, n_boot=2000)
     assert "clock: training CPU time (evaluation excluded) (`cum/cpu_s`)" in text
-    assert "| target | time nft (CPU time) | time flowgrpo (CPU time) | speedup [95 % CI] | seeds (nft / flowgrpo) |" \
+    assert "| target | time nft (no CFG) (CPU time) | time flowgrpo (CFG 4.5) (CPU time) | speedup [95 % CI] | seeds (nft (no CFG) / flowgrpo (CFG 4.5)) |" \
         in text
-    assert "| nft start + 0.05 = 0.350 | 46 s | 375 s | 8.2x [6.0x .. 11x] | 2 / 2 |" in text  # not the 2x wall
+    assert "| nft (no CFG) start + 0.05 = 0.350 | 46 s | 375 s | 8.2x [6.0x .. 11x] | 2 / 2 |" in text  # not 2x wall
     wall = speedup_markdown(tmp_path, n_boot=100, clock="wall")
-    assert "| nft start + 0.05 = 0.350 | 92 s | 12 min |" in wall
+    assert "| nft (no CFG) start + 0.05 = 0.350 | 92 s | 12 min |" in wall
 
 
 def test_cfg_level_is_a_line_and_curves_have_monotone_x_on_a_common_grid(tmp_path):
@@ -186,7 +186,7 @@ def test_cfg_level_is_a_line_and_curves_have_monotone_x_on_a_common_grid(tmp_pat
     lines = {line.get_label(): line for line in ax.get_lines()}
     level = lines[f"{CFG}: 0.360"]
     assert set(level.get_ydata()) == {0.36} and list(level.get_xdata()) == [0, 1]  # axhline: axes coordinates
-    mean = lines["nft (mean of 2 seeds)"]  # x in minutes: flowgrpo runs to 900 s
+    mean = lines["nft (no CFG) (mean of 2 seeds)"]  # x in minutes: flowgrpo runs to 900 s
     assert mean.get_xdata() == pytest.approx([0, 50 / 60, 100 / 60, 150 / 60])
     assert mean.get_ydata() == pytest.approx([0.3, 0.355, 0.415, 0.475])
     for line in ax.get_lines():
@@ -202,7 +202,7 @@ def test_headline_section_comes_first(tmp_path):
     write_curve(tmp_path / "results", "nft-top", "nft", 0, [(0, 0.3), (10, 0.31)])
     text = build(tmp_path / "results", tmp_path / "out", n_boot=100).read_text()
     headline, default = text.index("## Headline: NFT vs FlowGRPO"), text.index("## Default comparison")
-    assert headline < default and text.index("| nft final = 0.500 | 175 s |") < default
+    assert headline < default and text.index("| nft (no CFG) final = 0.500 | 175 s |") < default
     assert (tmp_path / "out" / "headline_toy_geneval.png").stat().st_size > 0
     final = text[text.index("### Final evaluation", headline):default]
     assert "| method / setting | reward | seeds | trained | strict accuracy | colors | position |" in final
@@ -232,3 +232,19 @@ def test_shapes_final_table_averages_the_held_out_tags(tmp_path):
     # (0.6 + 0.2 + 0.4) / 3 = 0.4: colors, position and color_attr are the held-out tags
     assert "held-out tags (strict, mean of 3)" in text and "| 0.400 |" in text.split("held-out tags (strict")[1]
     assert "never do" in text
+
+
+def test_a_run_from_before_an_option_existed_pools_with_today_s_runs(tmp_path):
+    # seed 0 was written before `flowgrpo.noise_level` existed (its config lacks the key); seed 1 holds today's
+    # default. They are one setting and pool; a run with a non-default value stays apart.
+    from bench.config import RunConfig
+
+    default = RunConfig().flowgrpo.noise_level
+    write_curve(tmp_path, "old", "flowgrpo", 0, [(0, 0.4), (100, 0.41)])
+    write_curve(tmp_path, "new", "flowgrpo", 1, [(0, 0.4), (100, 0.42)], config={"flowgrpo": {"noise_level": default}})
+    write_curve(tmp_path, "other", "flowgrpo", 2, [(0, 0.4), (100, 0.43)],
+                config={"flowgrpo": {"noise_level": default + 0.1}})
+    df = load_results(tmp_path)
+    (panel,) = panels(df, run_table(df, tmp_path))
+    assert sorted(g.runs for g in panel.groups) == [["new", "old"], ["other"]] or \
+        sorted(sorted(g.runs) for g in panel.groups) == [["new", "old"], ["other"]]
