@@ -277,3 +277,18 @@ def resolve(base: dict, config_file: str | None = None, overrides: list[str] | N
 
 def to_dict(cfg: RunConfig) -> dict:
     return asdict(cfg)
+
+
+def with_defaults(config: dict) -> dict:
+    """A stored config (``meta.json``) completed with today's defaults for settings added since it was written.
+
+    An option is added with the old behaviour as its default, so a run made before the option existed ran exactly
+    that default: completing its config lets it pool with today's runs of the same setting (the reports compare
+    config fingerprints of completed configs)."""
+
+    def merge(default, stored):
+        if isinstance(default, dict) and isinstance(stored, dict):
+            return {**default, **{k: merge(default.get(k), v) for k, v in stored.items()}}
+        return stored
+
+    return merge(to_dict(RunConfig()), config)
