@@ -1,8 +1,8 @@
 """Typed run configuration: one dataclass tree, presets per task, a config file and ``key=value`` overrides.
 
-Resolution order: dataclass defaults -> world/task preset -> ``--config`` file (JSON or YAML) -> ``key=value``
-overrides (dotted paths, e.g. ``nft.nft_beta=0.1 optim.lr=1e-3 lora.rank=16``). The resolved config is stored with
-every run (``results/<run_id>/meta.json``).
+Resolution order: dataclass defaults -> world/task preset, method variant, method preset -> ``--config`` file
+(JSON or YAML) -> ``key=value`` overrides (dotted paths, e.g. ``nft.nft_beta=0.1 optim.lr=1e-3 lora.rank=16``). The
+resolved config is stored with every run (``results/<run_id>/meta.json``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class RunConfig:
     """Everything a run needs; every field is a flag or a ``key=value`` override."""
 
     method: str = "nft"
-    """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, cfg."""
+    """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, grpo-guard, tempflow-grpo, cfg."""
     world: str = "shapes"
     """"shapes" (built-in CPU world) or a path / hub id of an SD3 pipeline (paper scale)."""
     task: Task = "geneval"
@@ -132,12 +132,35 @@ PAPER_COMMON = {"prompts_per_epoch": 48, "images_per_prompt": 24, "rollout_batch
                 "eval_every": 10, "checkpoint_every": 1, "cfg.num_steps": 40}
 
 
+# Settings of one method on top of the world/task preset and its registry variant, where its reference's config
+# differs from FlowGRPO's in more than the method's own section: "shapes" (the shapes world), "paper" (every paper
+# task), then the paper task itself.
+METHOD_PRESETS: dict[str, dict[str, dict]] = {
+    # config/grpo_guard.py: lr 1e-4 at every task; PickScore clips at 4e-6 (the variant's 2e-6 is GenEval's and OCR's)
+    "grpo-guard": {"paper": {"optim.lr": 1e-4}, "pickscore": {"flowgrpo.clip_range": 4e-6}},
+    # geneval_sd3_pr / pickscore_sd3_pr: 48 prompts x 4 initial noises x 6 branches, one noise per sampling batch,
+    # micro-batches of 6 branch rows; PickScore's beta 0.001 (older KL form). Shapes: 8 prompts x 2 noises (16 trunks,
+    # 96 branch rows, 9 x 6 = 54 images per trunk) in one sampling batch
+    "tempflow-grpo": {
+        "paper": {"images_per_prompt": 4, "rollout_batch_size": 1, "flowgrpo.train_batch_size": 6},
+        "pickscore": {"flowgrpo.kl_beta": 0.001},
+        "shapes": {"images_per_prompt": 2, "rollout_batch_size": 16},
+    },
+}
+
+
 def preset(world: str, task: str) -> dict:
     if world == "shapes":
         return dict(SHAPES_PRESET)
     if task not in PAPER_PRESETS:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(PAPER_PRESETS)}")
     return {**PAPER_COMMON, **PAPER_PRESETS[task]}
+
+
+def method_preset(world: str, task: str, method: str) -> dict:
+    """``method``'s own settings in ``world`` (paper scale: at ``task``), from :data:`METHOD_PRESETS`."""
+    own = METHOD_PRESETS.get(method, {})
+    return dict(own.get("shapes", {})) if world == "shapes" else {**own.get("paper", {}), **own.get(task, {})}
 
 
 # ------------------------------------------------------------------------------------------------- overrides
@@ -245,8 +268,8 @@ def variant_settings(method: str) -> dict:
 
 
 def resolve(base: dict, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- preset(world, task) and the method variant <- config file <- overrides; ``base`` holds flag
-    values (method, world...)."""
+    """Defaults <- preset(world, task), then the method's variant and :func:`method_preset` <- config file <-
+    overrides; ``base`` holds flag values (method, world...)."""
     cfg = RunConfig()
     for k, v in base.items():
         set_path(cfg, k, v)
@@ -264,7 +287,8 @@ def resolve(base: dict, config_file: str | None = None, overrides: list[str] | N
     for k, v in override_pairs:
         if k in ("world", "task"):
             set_path(cfg, k, v)
-    for k, v in {**preset(cfg.world, cfg.task), **variant_settings(cfg.method)}.items():
+    for k, v in {**preset(cfg.world, cfg.task), **variant_settings(cfg.method),
+                 **method_preset(cfg.world, cfg.task, cfg.method)}.items():
         if k not in base:
             set_path(cfg, k, v)
     with _from_file(config_file):

@@ -1,11 +1,17 @@
 """Cost accounting: forward/backward passes per epoch of each method, and a FLOP-based GPU-hour predictor.
 
-Counts follow the methods as implemented (and the references): per image,
+Counts follow the methods as implemented (and the references): per rollout sample (initial noise),
 
 - NFT:      rollout ``steps x cfg`` forwards; training ``T' x (1 old + [1 ref] + 1 trainable)`` forwards and
             ``T'`` backwards (T' = int(steps x 0.99)).
 - FlowGRPO: rollout ``steps x cfg`` forwards; training ``T x cfg x (1 trainable + [1 ref])`` forwards and
-            ``T x cfg`` backwards (cfg = 2 with guidance, T = trained steps: 9 of 10, or the SDE window).
+            ``T x cfg`` backwards (cfg = 2 with guidance, T = trained steps: 9 of 10, or the SDE window); its
+            variants too (GRPO-Guard: the same passes, usually without the reference forward).
+- TempFlow-GRPO: rollout ``(S + K sum_i (steps - 1 - i)) x cfg`` forwards (the ODE trunk, then K branches per branch
+            point i continued by the ODE; S = 9, K = 6: 279 x 2), ``S x K`` images decoded and scored (54, FlowGRPO:
+            1); training as FlowGRPO over ``S x K`` (latent, step) pairs.
+
+Every sample but TempFlow's gives one image, so per sample is per image there.
 
 A backward costs about two forwards. ``predict_gpu_hours`` turns counts into hours from the transformer's FLOPs per
 image-forward and an achieved FLOP/s (measure it with ``python -m bench.perf``), so users can plan paper-scale runs.
@@ -14,12 +20,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from methods.registry import get, method_config
+from rollout.samplers import branch_cost
+
 
 @dataclass
 class PassCounts:
     rollout_forward: float
     train_forward: float
     train_backward: float
+    images: float = 1.0
+    """Images decoded and scored (reward calls) per rollout sample."""
 
     @property
     def forward_equivalents(self) -> float:
@@ -27,22 +38,26 @@ class PassCounts:
 
 
 def passes_per_image(method: str, cfg) -> PassCounts:
-    """Per-image pass counts for a resolved :class:`bench.config.RunConfig`."""
+    """Pass counts per rollout sample (per image, except TempFlow's 54 images per sample) for a resolved
+    :class:`bench.config.RunConfig`."""
     if method == "nft":
         m = cfg.nft
         cfg_mult = 2 if m.rollout_guidance != 1.0 else 1
         t_train = int(m.num_steps * m.timestep_fraction)
         fwd = t_train * (2 + (1 if m.kl_beta > 0 else 0))
         return PassCounts(m.num_steps * cfg_mult, fwd, t_train)
-    if method in ("flowgrpo", "flowgrpo-fast"):
-        from methods.registry import method_config
-
+    if get(method).config_field == "flowgrpo":
         # a config resolved for this very method already holds its variant settings (and the user's overrides)
         m = cfg.flowgrpo if cfg.method == method else method_config(method, cfg.flowgrpo)
         cfg_mult = 2 if m.guidance != 1.0 else 1
         t_train = m.sde_window if m.sde_window > 0 else int(m.num_steps * m.timestep_fraction)
+        rollout, images = m.num_steps, 1
+        if m.branches > 0:  # TempFlow: every trained step is a branch point with K branches, each a trained pair
+            t_train = min(t_train, m.num_steps - 1)
+            rollout, images = branch_cost(m.num_steps, m.branches, t_train)
+            t_train = images
         fwd = t_train * cfg_mult * (1 + (1 if m.kl_beta > 0 else 0))
-        return PassCounts(m.num_steps * cfg_mult, fwd, t_train * cfg_mult)
+        return PassCounts(rollout * cfg_mult, fwd, t_train * cfg_mult, images)
     if method == "cfg":
         return PassCounts(cfg.cfg.num_steps * (2 if cfg.cfg.guidance != 1.0 else 1), 0, 0)
     raise ValueError(f"no pass model for method {method!r}")
@@ -55,5 +70,5 @@ def transformer_flops_per_forward(params: float, image_tokens: int, text_tokens:
 
 
 def predict_gpu_hours(method: str, cfg, flops_per_forward: float, achieved_flops: float, images: int) -> float:
-    """GPU-hours for ``images`` rollout images of ``method`` at ``achieved_flops`` FLOP/s per GPU."""
+    """GPU-hours for ``images`` rollout samples (initial noises) of ``method`` at ``achieved_flops`` FLOP/s per GPU."""
     return passes_per_image(method, cfg).forward_equivalents * flops_per_forward * images / achieved_flops / 3600

@@ -2,6 +2,10 @@
 
     python -m bench.perf --model shapes                 # the shapes world on this machine (CPU or GPU)
     python -m bench.perf --model sd35m --device cuda    # SD3.5-Medium-size transformer + VAE, random weights
+    python -m bench.perf --methods flowgrpo,grpo-guard,tempflow-grpo    # FlowGRPO's variants
+
+A row counts rollout samples (initial noises, ``images_per_epoch``) and the images decoded and scored
+(``scored_images_per_epoch``: the same, except TempFlow-GRPO's S x K branch images per sample).
 
 Each method runs ``--epochs`` epochs through the real trainer (rollout, reward, training) with a small group
 (``--prompts`` x ``--images``); the raw model compute is the time of the same number of bare transformer
@@ -112,7 +116,8 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
         flops = transformer_flops_per_forward(params, tokens, 205 if model == "sd35m" else 20, t.num_layers,
                                               t.num_attention_heads * t.attention_head_dim)
         row = {"model": model, "method": method, "device": torch.cuda.get_device_name() if device.startswith("cuda")
-               else "cpu", "images_per_epoch": n_img, "params_M": params / 1e6,
+               else "cpu", "images_per_epoch": n_img, "scored_images_per_epoch": n_img * counts.images,
+               "params_M": params / 1e6,
                "rollout_s": per_epoch.get("time/rollout_s"), "train_s": per_epoch.get("time/train_s"),
                "reward_wait_s": per_epoch.get("time/reward_wait_s"), "raw_rollout_s": raw_roll,
                "raw_train_s": raw_train, "overhead_rollout": per_epoch.get("time/rollout_s") / raw_roll,
@@ -133,7 +138,9 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Per-epoch cost of each method and the harness overhead ratio.")
     ap.add_argument("--model", choices=["shapes", "sd35m"], default="shapes", help="Shapes world or an SD3.5-Medium-size random model.")
-    ap.add_argument("--methods", default="nft,flowgrpo", help="Comma-separated methods to benchmark.")
+    ap.add_argument("--methods", default="nft,flowgrpo",
+                    help="Comma-separated methods to benchmark (nft, flowgrpo, flowgrpo-fast, grpo-guard, "
+                         "tempflow-grpo).")
     ap.add_argument("--epochs", type=int, default=3, help="Epochs per method (the first is treated as warm-up).")
     ap.add_argument("--prompts", type=int, default=4, help="Prompts per epoch.")
     ap.add_argument("--images", type=int, default=8, help="Images per prompt.")

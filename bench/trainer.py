@@ -14,7 +14,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,9 +31,8 @@ from methods import registry
 from methods.base import RolloutBatch, derive_seed, sample_generators
 from rewards import AsyncRewards, build_reward
 from rollout import lora
-from rollout.advantages import group_advantages
 from rollout.prompts import GroupedSampler
-from rollout.samplers import sample
+from rollout.samplers import branch_cost, sample, sample_branches
 from rollout.schedule import sigmas_from_scheduler
 
 
@@ -60,6 +59,24 @@ def from_rank0(obj):
     and the last epoch on disk (only rank 0 owns the results recorder).
     """
     return gather_objects(obj)[0]
+
+
+@dataclass
+class SampledPart:
+    """One sampling batch's rows, what the sampler kept of them and the futures of their rewards."""
+
+    prompts: list[str]
+    metadata: list[dict]
+    cond: tuple[torch.Tensor, torch.Tensor]
+    ids: list[int]
+    """Each row's sample position in the epoch (a branch row: its trunk sample's)."""
+    futures: list = field(default_factory=list)
+    x0: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    next_latents: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None
+    stochastic: list[bool] = field(default_factory=list)
+    means: torch.Tensor | None = None
 
 
 def headline_eval(values: dict[str, float]) -> float | None:
@@ -209,11 +226,10 @@ class Trainer:
         spec = self.method.rollout_spec(epoch)
         sig = sigmas_from_scheduler(self.policy.scheduler, spec.num_steps)
         shape = self.policy.latent_shape(self.resolution, self.resolution)
-        parts, futures = [], []
+        parts: list[SampledPart] = []
         t0 = time.perf_counter()
         adapter = lora.use_adapter(self.policy.transformer, spec.adapter) if spec.adapter != lora.TRAINABLE \
             else contextlib.nullcontext()
-        latent_dtype = torch.float16 if self.device.type == "cuda" else None
         with adapter, torch.no_grad():
             shard_start = self.rank * self.sampler.batches_per_epoch * self.sampler.batch_size
             batches = self.sampler.batches(epoch)
@@ -224,45 +240,90 @@ class Trainer:
                 ids = list(range(shard_start + b * len(idx), shard_start + (b + 1) * len(idx)))
                 g = sample_generators(self.cfg.seed, epoch, ids, salt=0)
                 x = torch.stack([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
-
-                def velocity(x_, s, cond=cond):
-                    return self.policy.velocity(x_, s, cond, guidance=spec.guidance,
-                                                integer_timestep=spec.integer_timestep)
-
-                res = sample(velocity, x, sig, spec.solver, noise_level=spec.noise_level, generator=g,
-                             sde_window=spec.sde_window, keep_trajectory=spec.keep_trajectory,
-                             latent_dtype=latent_dtype)
-                images = self.policy.decode(res.x0)
-                futures.append(self.rewards.submit(images, prompts, metadata))
-                parts.append((prompts, metadata, cond, res, ids))
+                sample_part = self._sample_branches if spec.branches else self._sample
+                parts.append(sample_part(spec, sig, x, g, SampledPart(prompts, metadata, cond, ids)))
         t_sample = time.perf_counter() - t0
-        scores = [self.rewards.result(f) for f in phase_bar(futures, "reward", self.rank == 0)]
+        futures = [f for part in parts for f in part.futures]
+        scores = iter([self.rewards.result(f) for f in phase_bar(futures, "reward", self.rank == 0)])
         t_reward_wait = time.perf_counter() - t0 - t_sample
+        part_scores = [[next(scores) for _ in part.futures] for part in parts]
         cat = lambda xs: torch.cat(xs).cpu()  # noqa: E731
         batch = RolloutBatch(
-            prompts=[p for part in parts for p in part[0]], metadata=[m for part in parts for m in part[1]],
-            embeds=cat([part[2][0] for part in parts]), pooled=cat([part[2][1] for part in parts]),
-            x0=cat([part[3].x0 for part in parts]), sigmas=sig,
-            sample_ids=torch.tensor([i for part in parts for i in part[4]]))
+            prompts=[p for part in parts for p in part.prompts], metadata=[m for part in parts for m in part.metadata],
+            embeds=cat([part.cond[0] for part in parts]), pooled=cat([part.cond[1] for part in parts]),
+            x0=cat([part.x0 for part in parts]), sigmas=sig,
+            sample_ids=torch.tensor([i for part in parts for i in part.ids]))
         if spec.keep_trajectory:
-            batch.latents = cat([torch.stack(part[3].latents, 1) for part in parts])
-            batch.next_latents = cat([torch.stack(part[3].next_latents, 1) for part in parts])
-            batch.log_probs = cat([torch.stack(part[3].log_probs, 1) for part in parts])
-            batch.stochastic = parts[0][3].stochastic
-        batch.rewards = {k: torch.cat([s[k] for s in scores]) for k in scores[0]}
+            batch.latents = cat([part.latents for part in parts])
+            batch.next_latents = cat([part.next_latents for part in parts])
+            batch.log_probs = cat([part.log_probs for part in parts])
+            batch.stochastic = parts[0].stochastic
+        if spec.keep_means:
+            batch.means = cat([part.means for part in parts])
+        # one reward per row (plain), or per row and branch point [rows, S] (branching)
+        join = (lambda xs: torch.stack(xs, 1)) if spec.branches else (lambda xs: xs[0])  # noqa: E731
+        batch.rewards = {k: torch.cat([join([s[k] for s in scored]) for scored in part_scores])
+                         for k in part_scores[0][0]}
         cfg_mult = 2 if spec.guidance != 1.0 else 1
-        n_images = len(batch) * self.world_size
-        counts = {"count/rollout_forward": n_images * spec.num_steps * cfg_mult}
+        noises = sum(len(part.ids) for part in parts) // (spec.branches or 1) * self.world_size
+        forwards, images = (branch_cost(spec.num_steps, spec.branches, spec.branch_points) if spec.branches
+                            else (spec.num_steps, 1))
+        counts = {"count/rollout_forward": noises * forwards * cfg_mult}
         return batch, {"time/rollout_s": t_sample, "time/reward_wait_s": t_reward_wait, **counts,
-                       "images": n_images}
+                       "images": noises * images}
+
+    def _velocity_fn(self, spec, cond):
+        """The sampler's velocity function over ``cond``'s samples; a batch of K times as many rows (branches, row
+        r of sample r // K) gets each sample's conditioning repeated K times."""
+        def velocity(x_, s):
+            k = x_.shape[0] // cond[0].shape[0]
+            c = cond if k == 1 else (cond[0].repeat_interleave(k, 0), cond[1].repeat_interleave(k, 0))
+            return self.policy.velocity(x_, s, c, guidance=spec.guidance, integer_timestep=spec.integer_timestep)
+        return velocity
+
+    def _latent_dtype(self):
+        return torch.float16 if self.device.type == "cuda" else None
+
+    def _sample(self, spec, sig, x, g, part: "SampledPart") -> "SampledPart":
+        """One sampling batch on the method's solver; its images go to the reward workers at once."""
+        res = sample(self._velocity_fn(spec, part.cond), x, sig, spec.solver, noise_level=spec.noise_level,
+                     generator=g, sde_window=spec.sde_window, keep_trajectory=spec.keep_trajectory,
+                     latent_dtype=self._latent_dtype(), keep_means=spec.keep_means)
+        part.futures.append(self.rewards.submit(self.policy.decode(res.x0), part.prompts, part.metadata))
+        part.x0 = res.x0
+        if spec.keep_trajectory:
+            part.latents, part.next_latents = torch.stack(res.latents, 1), torch.stack(res.next_latents, 1)
+            part.log_probs, part.stochastic = torch.stack(res.log_probs, 1), res.stochastic
+        if spec.keep_means:
+            part.means = torch.stack(res.means, 1)
+        return part
+
+    def _sample_branches(self, spec, sig, x, g, part: "SampledPart") -> "SampledPart":
+        """One sampling batch of TempFlow's branching rollout, returned with one row per branch (row r of trunk sample
+        r // K); each branch point's images go to the reward workers as soon as they are ready."""
+        k = spec.branches
+        rows = SampledPart([p for p in part.prompts for _ in range(k)], [m for m in part.metadata for _ in range(k)],
+                           (part.cond[0].repeat_interleave(k, 0), part.cond[1].repeat_interleave(k, 0)),
+                           [i for i in part.ids for _ in range(k)])
+
+        def score(i: int, x0: torch.Tensor) -> None:
+            rows.futures.append(self.rewards.submit(self.policy.decode(x0), rows.prompts, rows.metadata))
+
+        res = sample_branches(self._velocity_fn(spec, part.cond), x, sig, k, noise_level=spec.noise_level, generator=g,
+                              latent_dtype=self._latent_dtype(), branch_points=spec.branch_points, on_branch=score)
+        rows.x0 = res.x0[-1]  # the finals of the last branch point, the nearest to the trunk's own image
+        rows.latents, rows.next_latents = res.latents.repeat_interleave(k, 0), res.next_latents
+        rows.log_probs, rows.stochastic = res.log_probs, [True] * res.log_probs.shape[1]
+        return rows
 
     def advantages(self, batch: RolloutBatch) -> dict[str, float]:
-        """Group advantages over the gathered epoch (all ranks), keyed by prompt text; keep this rank's slice."""
+        """The method's advantages over the gathered epoch (all ranks; by default per prompt group); keep this rank's
+        slice."""
         local = batch.rewards["avg"].double()
-        gathered = gather_objects((batch.prompts, local))
+        gathered = gather_objects((batch.prompts, local, batch.sample_ids))
         all_prompts = [p for g in gathered for p in g[0]]
         all_rewards = torch.cat([g[1] for g in gathered])
-        adv = group_advantages(all_rewards, all_prompts, global_std=True)
+        adv = self.method.advantages(all_rewards, all_prompts, torch.cat([g[2] for g in gathered]))
         start = sum(len(g[0]) for g in gathered[: self.rank])
         batch.advantages = adv[start:start + len(batch)].float()
         stats = {"reward/avg_mean": float(all_rewards.mean()), "reward/avg_std": float(all_rewards.std(unbiased=False)),

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from rollout import lora
+from rollout.advantages import group_advantages
 from rollout.models import T2IPolicy
 from rollout.samplers import Solver
 
@@ -54,6 +55,13 @@ class RolloutSpec:
     sde_window: tuple[int, int] | None = None
     integer_timestep: bool = True
     """Transformer timestep at sampling: truncated int (NFT reference) or float (FlowGRPO reference)."""
+    keep_means: bool = False
+    """Also keep each step's mean (GRPO-Guard's old-policy means, ``RolloutBatch.means``)."""
+    branches: int = 0
+    """> 0: TempFlow-GRPO's branching rollout (``rollout.samplers.sample_branches``) with this many SDE branches per
+    branch point; the batch then has one row per branch and 2-D rewards and advantages [rows, branch points]."""
+    branch_points: int | None = None
+    """With ``branches``: branch at the first this many steps (None: every step but the last)."""
 
 
 @dataclass
@@ -70,9 +78,11 @@ class RolloutBatch:
     next_latents: torch.Tensor | None = None  # [N, T, C, H, W] step outputs
     log_probs: torch.Tensor | None = None  # [N, T]
     stochastic: list[bool] = field(default_factory=list)
-    rewards: dict[str, torch.Tensor] = field(default_factory=dict)
-    advantages: torch.Tensor | None = None  # [N]
-    sample_ids: torch.Tensor | None = None  # [N] position of each sample in the epoch (over all ranks)
+    rewards: dict[str, torch.Tensor] = field(default_factory=dict)  # [N] each ([N, T] for a branching rollout)
+    advantages: torch.Tensor | None = None  # [N] ([N, T] for a branching rollout)
+    sample_ids: torch.Tensor | None = None  # [N] position of each sample in the epoch (over all ranks; a branch
+    # row has its trunk sample's)
+    means: torch.Tensor | None = None  # [N, T, C, H, W] step means of the sampling policy (``keep_means``)
 
     def generators(self, seed: int, epoch: int, salt: int, idx: torch.Tensor | None = None) -> list[torch.Generator]:
         """One generator per sample, keyed by (seed, epoch, global sample position, salt): per-sample randomness
@@ -148,6 +158,10 @@ class Method(ABC):
     def eval_guidance(self) -> float:
         """CFG scale used when this method's model is evaluated (the method's own protocol)."""
         return 1.0
+
+    def advantages(self, rewards: torch.Tensor, prompts: list[str], sample_ids: torch.Tensor) -> torch.Tensor:
+        """Advantages of the gathered epoch (all ranks, in rank order): per prompt group, global std (default)."""
+        return group_advantages(rewards, prompts, global_std=True)
 
     def eval_context(self):
         """Evaluation and checkpoints use the EMA weights (swapped in, then back)."""

@@ -1,7 +1,8 @@
 """Method registry: a new method is one file plus one entry here.
 
 Each entry names the method class, its config class and the field of :class:`bench.config.RunConfig` that holds
-its config, plus fixed overrides that define a variant (``flowgrpo-fast`` is FlowGRPO with a CPS window).
+its config, plus fixed overrides that define a variant (``flowgrpo-fast`` is FlowGRPO with a CPS window,
+``grpo-guard`` FlowGRPO with RatioNorm, ``tempflow-grpo`` FlowGRPO with branching in its own loop).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from methods.base import Method, OptimConfig
 from methods.cfg import CFGBaseline, CFGConfig
 from methods.flowgrpo import FlowGRPO, FlowGRPOConfig
 from methods.nft import DiffusionNFT, NFTConfig
+from methods.tempflow import TempFlowGRPO
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,14 @@ REGISTRY: dict[str, MethodEntry] = {
     # reference configs geneval_sd3_fast_nocfg / pickscore_sd3_fast_nocfg: CPS window of 3 in the first half
     "flowgrpo-fast": MethodEntry(FlowGRPO, FlowGRPOConfig, "flowgrpo", dict(
         solver="cps", noise_level=0.8, clip_range=1e-5, kl_beta=0.0, sde_window=3, guidance=1.0, eval_guidance=1.0)),
+    # GRPO-Guard, reference config/grpo_guard.py (geneval / ocr): RatioNorm + gradient reweight, clip 2e-6, no KL,
+    # each group's own std (its lr 1e-4 is the paper-scale method preset, bench.config.METHOD_PRESETS)
+    "grpo-guard": MethodEntry(FlowGRPO, FlowGRPOConfig, "flowgrpo", dict(
+        ratio_norm=True, grad_reweight=True, clip_range=2e-6, kl_beta=0.0, global_std=False)),
+    # TempFlow-GRPO, reference geneval_sd3_pr: 6 SDE branches per trained step, noise-aware weights, seed groups with
+    # their own std, the older KL form with its 10x smaller beta
+    "tempflow-grpo": MethodEntry(TempFlowGRPO, FlowGRPOConfig, "flowgrpo", dict(
+        branches=6, step_weight="noise_aware", adv_group="seed", global_std=False, kl_form="std_dt", kl_beta=0.004)),
     "cfg": MethodEntry(CFGBaseline, CFGConfig, "cfg"),
 }
 

@@ -46,7 +46,7 @@ GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position",
 HELD_OUT_TAGS = ("colors", "position", "color_attr")
 FINAL_COLUMNS = {"strict accuracy": "eval/strict_accuracy", "accuracy": "eval/accuracy",
                  "partial score": "eval/score", **{tag: f"eval/strict_accuracy/{tag}" for tag in GENEVAL_TAGS}}
-METHOD_COLORS = {"nft": "C0", "flowgrpo": "C1", "flowgrpo-fast": "C2"}
+METHOD_COLORS = {"nft": "C0", "flowgrpo": "C1", "flowgrpo-fast": "C2", "grpo-guard": "C4", "tempflow-grpo": "C5"}
 SPARE_COLORS = ("C4", "C5", "C6", "C8", "C9", "C0", "C1", "C2", "navy", "olive", "teal", "maroon", "gold", "lime")
 LEVEL_STYLES = (("C3", "--"), ("C7", ":"), ("k", "-."))  # CFG baseline levels: (colour, line style)
 

@@ -32,7 +32,7 @@ from bench.config import with_defaults
 from bench.records import FINGERPRINT_IGNORES, config_fingerprint, load_meta, read_meta
 
 BASELINE_METHOD = "cfg"  # an untrained baseline: only an epoch-0 evaluation
-METHOD_ORDER = ("nft", "flowgrpo", "flowgrpo-fast")  # in a pair, the method listed first is A
+METHOD_ORDER = ("nft", "flowgrpo", "flowgrpo-fast", "grpo-guard", "tempflow-grpo")  # in a pair, the method listed first is A
 RUN_FIELDS = ("run_id", "world", "reward", "method", "seed", "ablation", "config_fingerprint", "start_time")
 HEADLINE_KEYS = ("eval/strict_accuracy", "eval/geneval_mean", "eval/avg_mean", "reward/avg_mean")
 
@@ -224,12 +224,12 @@ def _label(groups: list[Group]) -> None:
 def _trained_name(group: "Group") -> str:
     """Method name and its evaluation guidance (NFT is evaluated without CFG, FlowGRPO with it, as in the papers), so
     a reader sees why one curve starts higher: ``nft (no CFG)``, ``flowgrpo (CFG 4.5)``."""
-    # a method's settings section is its name or the name its variant extends (flowgrpo-fast -> flowgrpo.*)
-    found = [v for k, v in group.settings.items()
-             if k.endswith(".eval_guidance") and group.method.startswith(k.split(".")[0])]
-    if len(found) != 1 or found[0] is None:
+    from methods.registry import REGISTRY
+
+    entry = REGISTRY.get(group.method)
+    guidance = group.settings.get(f"{entry.config_field}.eval_guidance") if entry is not None else None
+    if guidance is None:
         return group.method
-    guidance = found[0]
     return f"{group.method} ({'no CFG' if float(guidance) == 1.0 else f'CFG {float(guidance):g}'})"
 
 

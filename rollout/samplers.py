@@ -8,8 +8,9 @@
 - ``"cps"``: the coefficient-preserving SDE ("CPS") with its log-probability.
 
 ``sde_window=(start, end)`` runs SDE/CPS only on steps ``start <= i < end`` and Euler elsewhere
-(Flow-GRPO-Fast). Solver arithmetic is float32; ``latent_dtype`` (fp16 on GPU) is the dtype the latents are cast
-to between steps, as in the references.
+(Flow-GRPO-Fast). :func:`sample_branches` is TempFlow-GRPO's rollout: an ODE trunk with K SDE branches at each
+branch point, each continued by the ODE. Solver arithmetic is float32; ``latent_dtype`` (fp16 on GPU) is the dtype
+the latents are cast to between steps, as in the references.
 """
 from __future__ import annotations
 
@@ -46,6 +47,21 @@ def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return t.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def sde_std_t(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_level: float) -> torch.Tensor:
+    """FlowGRPO's ``std_t = a sqrt(s / (1 - s~))``; ``s~ = sigma_next`` where ``sigma == 1`` (step 0), else sigma."""
+    s_tilde = torch.where(sigma == 1, sigma_next, sigma)
+    return noise_level * torch.sqrt(sigma / (1 - s_tilde))
+
+
+def sde_moments(v32: torch.Tensor, x32: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, noise_level: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SDE step's Gaussian: ``(mean, std_t, std_t sqrt(-dt))`` from float32 ``v``, ``x`` and [B,1,1,1] sigmas."""
+    dt = s_next - s
+    std_t = sde_std_t(s, s_next, noise_level)
+    mean = x32 * (1 + std_t**2 / (2 * s) * dt) + v32 * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
+    return mean, std_t, std_t * torch.sqrt(-dt)
+
+
 def sde_step(
     v: torch.Tensor,
     x: torch.Tensor,
@@ -70,19 +86,10 @@ def sde_step(
     x32, v32 = x.float(), v.float()
     s, s_next = _per_sample(sigma, x32), _per_sample(sigma_next, x32)
     if kind == "sde":
-        dt = s_next - s
-        s_tilde = torch.where(s == 1, s_next, s)
-        std_t = noise_level * torch.sqrt(s / (1 - s_tilde))
-        mean = x32 * (1 + std_t**2 / (2 * s) * dt) + v32 * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
-        gauss_std = std_t * torch.sqrt(-dt)
+        mean, std_t, gauss_std = sde_moments(v32, x32, s, s_next, noise_level)
         if prev_sample is None:
             prev_sample = mean + gauss_std * randn_like_per_sample(x32, generator)
-        prev32 = prev_sample.float()
-        log_prob = (
-            -((prev32.detach() - mean) ** 2) / (2 * gauss_std**2)
-            - torch.log(gauss_std)
-            - math.log(math.sqrt(2 * math.pi))
-        )
+        log_prob = _gaussian_log_density(prev_sample.float(), mean, gauss_std)
         std = std_t
     elif kind == "cps":
         std = s_next * math.sin(noise_level * math.pi / 2)
@@ -91,12 +98,20 @@ def sde_step(
         mean = x0_hat * (1 - s_next) + x1_hat * torch.sqrt(s_next**2 - std**2)
         if prev_sample is None:
             prev_sample = mean + std * randn_like_per_sample(x32, generator)
-        prev32 = prev_sample.float()
-        log_prob = -((prev32.detach() - mean) ** 2)
+        log_prob = -((prev_sample.float().detach() - mean) ** 2)
     else:
         raise ValueError(f"sde_step kind must be 'sde' or 'cps', got {kind!r}")
     log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
-    return prev32, log_prob, mean, std
+    return prev_sample.float(), log_prob, mean, std
+
+
+def _gaussian_log_density(prev32: torch.Tensor, mean: torch.Tensor, gauss_std: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(prev; mean, gauss_std^2) (no gradient through the sample)."""
+    return (
+        -((prev32.detach() - mean) ** 2) / (2 * gauss_std**2)
+        - torch.log(gauss_std)
+        - math.log(math.sqrt(2 * math.pi))
+    )
 
 
 def euler_step(v: torch.Tensor, x: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
@@ -144,6 +159,7 @@ class SampleOutput:
     next_latents: list[torch.Tensor] = field(default_factory=list)  # float32 output of step i
     log_probs: list[torch.Tensor] = field(default_factory=list)  # [B] per step (NaN for ODE steps)
     stochastic: list[bool] = field(default_factory=list)  # whether step i was an SDE/CPS step
+    means: list[torch.Tensor] = field(default_factory=list)  # float32 step means (``keep_means``; ODE: the output)
 
 
 @torch.no_grad()
@@ -157,12 +173,14 @@ def sample(
     sde_window: tuple[int, int] | None = None,
     keep_trajectory: bool | None = None,
     latent_dtype: torch.dtype | None = None,
+    keep_means: bool = False,
 ) -> SampleOutput:
     """Integrate from ``x`` at ``sigmas[0]`` to ``sigmas[-1] = 0``.
 
     For ``"sde"``/``"cps"`` the trajectory (latents, next latents, per-step log-probs) is kept by default; with
     ``sde_window`` only steps inside the window are stochastic. ``latent_dtype`` casts the latent fed to the
-    model and to the next step (fp16 in the reference on GPU); step arithmetic stays float32.
+    model and to the next step (fp16 in the reference on GPU); step arithmetic stays float32. ``keep_means`` also
+    keeps each step's mean (GRPO-Guard's old-policy means; a deterministic step's mean is its output).
     """
     if solver not in ("euler", "dpm2", "sde", "cps"):
         raise ValueError(f"unknown solver {solver!r}; choose euler, dpm2, sde or cps")
@@ -178,8 +196,10 @@ def sample(
         v = velocity_fn(x_cur, sig[i])
         stochastic = solver in ("sde", "cps") and window[0] <= i < window[1]
         log_prob = torch.full((x.shape[0],), float("nan"), device=x.device)
+        mean = None
         if stochastic:
-            x_next, log_prob, _, _ = sde_step(v, x_cur, sig[i], sig[i + 1], noise_level, generator=generator, kind=solver)
+            x_next, log_prob, mean, _ = sde_step(v, x_cur, sig[i], sig[i + 1], noise_level, generator=generator,
+                                                 kind=solver)
         elif solver == "dpm2":
             d_now = x_cur.float() - sig[i] * v.float()
             x_next = dpm2_step(x_cur.float(), d_now, d_prev, sig, i)
@@ -191,6 +211,88 @@ def sample(
             out.next_latents.append(x_next)
             out.log_probs.append(log_prob)
             out.stochastic.append(stochastic)
+        if keep_means:
+            out.means.append(x_next if mean is None else mean)
         x_cur = x_next if latent_dtype is None else x_next.to(latent_dtype)
     out.x0 = x_cur.float()
     return out
+
+
+@dataclass
+class BranchOutput:
+    """What :func:`sample_branches` returns: S branch points with K branches each; row r of every branch tensor
+    belongs to trunk sample ``r // K``."""
+
+    latents: torch.Tensor  # [B, S, C, H, W] trunk (ODE) latents x_0..x_{S-1}, the inputs of the branch steps
+    next_latents: torch.Tensor  # [B*K, S, C, H, W] branch latents after the SDE step at each point (float32)
+    log_probs: torch.Tensor  # [B*K, S] their log-probs under the step (mean over C, H, W)
+    x0: torch.Tensor  # [S, B*K, C, H, W] each branch's final latent (Euler ODE from sigma_{i+1} to 0)
+    sigmas: torch.Tensor
+
+
+def _branch_count(num_steps: int, branch_points: int | None) -> int:
+    """Branch points of an ``num_steps``-step trunk: every step but the last (default), or its first few."""
+    points = num_steps - 1 if branch_points is None else branch_points
+    if not 1 <= points <= num_steps - 1:
+        raise ValueError(f"branch_points must be between 1 and num_steps - 1 = {num_steps - 1}, got {branch_points}")
+    return points
+
+
+def branch_cost(num_steps: int, num_branches: int, branch_points: int | None = None) -> tuple[int, int]:
+    """``(velocity evaluations, final images)`` per initial noise of :func:`sample_branches`: one trunk evaluation
+    per branch point i, and K branches of ``num_steps - 1 - i`` ODE steps each (N = 10, K = 6: 279 and 54)."""
+    points = _branch_count(num_steps, branch_points)
+    return points + num_branches * sum(num_steps - 1 - i for i in range(points)), num_branches * points
+
+
+@torch.no_grad()
+def sample_branches(
+    velocity_fn: VelocityFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    num_branches: int,
+    noise_level: float = 0.7,
+    generator=None,
+    noise: torch.Tensor | None = None,
+    latent_dtype: torch.dtype | None = None,
+    *,
+    branch_points: int | None = None,
+    on_branch: Callable[[int, torch.Tensor], None] | None = None,
+) -> BranchOutput:
+    """TempFlow-GRPO's rollout: an Euler ODE trunk from ``x``, with K SDE branches at each branch point.
+
+    At branch point i (i = 0..S-1, S = len(sigmas) - 2: every step but the last; ``branch_points`` keeps the first
+    few) the trunk's velocity at x_i gives both the trunk's ODE step and the SDE step's mean, which is repeated K
+    times (``repeat_interleave``: row r -> sample r // K) and drawn K times; each branch then runs the Euler ODE
+    from sigma_{i+1} to 0. The trunk's last step is never taken (nothing branches from it).
+
+    ``velocity_fn`` is called with the trunk's B rows and with branch batches of B * K rows in that row order, so
+    per-sample conditioning is ``repeat_interleave(K)``-ed for them. ``generator``: one for the batch, or one per
+    trunk sample (sample b draws its K branches' noise in order, so its branches do not depend on the batch).
+    ``noise`` [S, B*K, C, H, W] replaces the draws (branch point i uses ``noise[i]``). ``on_branch(i, x0_i)`` is
+    called as soon as branch point i's finals are ready, so their rewards can be scored while sampling continues.
+    """
+    sig = [float(s) for s in sigmas]
+    points = _branch_count(len(sig) - 1, branch_points)
+    k = num_branches
+    gens = [g for g in generator for _ in range(k)] if isinstance(generator, (list, tuple)) else generator
+    trunk, branches, log_probs, finals = [], [], [], []
+    x_cur = x if latent_dtype is None else x.to(latent_dtype)
+    for i in range(points):
+        v = velocity_fn(x_cur, sig[i])
+        x_rep, v_rep = x_cur.float().repeat_interleave(k, 0), v.float().repeat_interleave(k, 0)
+        mean, _, gauss_std = sde_moments(v_rep, x_rep, _per_sample(sig[i], x_rep), _per_sample(sig[i + 1], x_rep),
+                                         noise_level)
+        eps = randn_like_per_sample(x_rep, gens) if noise is None else noise[i].to(mean)
+        branch = mean + gauss_std * eps
+        trunk.append(x_cur.float())
+        branches.append(branch)
+        log_probs.append(_gaussian_log_density(branch, mean, gauss_std).mean(dim=tuple(range(1, branch.ndim))))
+        finals.append(sample(velocity_fn, branch, sig[i + 1:], "euler", latent_dtype=latent_dtype).x0)
+        if on_branch is not None:
+            on_branch(i, finals[-1])
+        if i + 1 < points:
+            x_next = euler_step(v, x_cur, sig[i], sig[i + 1])
+            x_cur = x_next if latent_dtype is None else x_next.to(latent_dtype)
+    return BranchOutput(latents=torch.stack(trunk, 1), next_latents=torch.stack(branches, 1),
+                        log_probs=torch.stack(log_probs, 1), x0=torch.stack(finals), sigmas=torch.as_tensor(sig))

@@ -112,3 +112,13 @@ def test_zero_advantage_filter_keeps_multiple():
     assert len(kept) % 2 == 0 and {1, 2, 4} <= set(kept.tolist()) and len(kept) == 4
     kept = filter_zero_advantage(torch.zeros(8), 4, g)
     assert len(kept) == 4
+
+
+def test_zero_advantage_filter_on_per_step_rows():
+    """TempFlow's rows carry one advantage per step: a row is kept when any of its steps is non-zero."""
+    g = torch.Generator().manual_seed(0)
+    adv = torch.tensor([[0.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [0.5, 0.5], [0.0, 0.0]])
+    kept = filter_zero_advantage(adv, 3, g)
+    assert kept.tolist() == [1, 2, 4]
+    kept = filter_zero_advantage(adv, 2, g)
+    assert len(kept) == 4 and {1, 2, 4} <= set(kept.tolist())

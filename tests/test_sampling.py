@@ -144,3 +144,18 @@ def test_sde_trajectory_chains():
     for i in range(3):
         assert torch.equal(out.next_latents[i], out.latents[i + 1])
     assert torch.equal(out.next_latents[-1], out.x0)
+
+
+def test_sde_step_parts_match_the_formula():
+    """sde_step's Gaussian (mean, std_t, std_t sqrt(-dt)) and its log-density, as the shared helpers give them."""
+    from rollout.samplers import sde_moments, sde_std_t
+
+    torch.manual_seed(4)
+    x, v = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
+    s, s_next = torch.full((2, 1, 1, 1), 1.0), torch.full((2, 1, 1, 1), 0.9601)
+    mean, std_t, gauss = sde_moments(v, x, s, s_next, 0.7)
+    assert std_t.flatten().tolist() == pytest.approx([0.7 * math.sqrt(1 / (1 - 0.9601))] * 2, rel=1e-5)
+    assert gauss.flatten().tolist() == pytest.approx((std_t * math.sqrt(0.0399)).flatten().tolist(), rel=1e-5)
+    assert torch.equal(sde_std_t(s, s_next, 0.7), std_t)
+    prev, _, mean2, std2 = sde_step(v, x, 1.0, 0.9601, 0.7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mean, mean2) and torch.equal(std_t, std2)

@@ -214,10 +214,11 @@ def test_labels_say_each_method_s_evaluation_guidance(tmp_path):
     write_curve(tmp_path, "f", "flowgrpo-fast", 0, [(0, 0.4), (100, 0.4)],
                 config={"flowgrpo": {"eval_guidance": 4.5}, "nft": {"eval_guidance": 1.0}})
     write_curve(tmp_path, "c", "cfg", 0, [(0, 0.41)])
+    write_curve(tmp_path, "g", "grpo-guard", 0, [(0, 0.4), (100, 0.4)], config={"flowgrpo": {"eval_guidance": 3.0}})
     df = load_results(tmp_path)
     (panel,) = panels(df, run_table(df, tmp_path))
     assert sorted(g.label for g in panel.groups) == [
-        "CFG 4.5 baseline (no training)", "flowgrpo-fast (CFG 4.5)", "nft (no CFG)"]
+        "CFG 4.5 baseline (no training)", "flowgrpo-fast (CFG 4.5)", "grpo-guard (CFG 3)", "nft (no CFG)"]
 
 
 def test_shapes_final_table_averages_the_held_out_tags(tmp_path):
