@@ -14,6 +14,10 @@ Why this shape:
 * **Crash safety**: every file is written to a hidden temp file in the same folder, fsynced, then ``os.replace``d
   into place. A run killed at any moment leaves every earlier part complete and readable and never a half-written
   ``part-*.parquet`` (at worst a hidden ``.part-*.tmp-*`` file, which readers ignore and the next recorder removes).
+* **One writer per run**: a recorder holds an exclusive lock on its run folder (``flock`` on ``.writer.lock``,
+  which Linux's NFS client maps to NFS locks) from the moment it opens until its process ends or drops it, so a
+  second process opening the same run -- a duplicate job, a second ``--run-id`` -- is refused with
+  :class:`RunLockedError` before it writes or deletes anything. A killed writer's lock goes with its process.
 * **Resuming without duplicates**: a recorder opened on an existing run knows the last epoch on disk
   (:meth:`RunRecorder.last_epoch`); logging an epoch at or before it raises :class:`EpochAlreadyFlushedError`
   instead of silently double-counting it.
@@ -38,6 +42,7 @@ import secrets
 import socket
 import subprocess
 import time
+import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
@@ -45,6 +50,11 @@ from typing import Any, BinaryIO, Callable, Mapping
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks, runs go unlocked
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +77,7 @@ META_COLUMNS: tuple[str, ...] = ("ablation",)  # run meta that load_results join
 KNOWN_METHODS: tuple[str, ...] = ("nft", "flowgrpo", "flowgrpo-fast", "grpo-guard", "tempflow-grpo", "cfg")
 
 META_FILE = "meta.json"
+LOCK_FILE = ".writer.lock"
 RECORDS_DIR = "records"
 _PART_NAME = re.compile(r"^part-(\d{6})(?:-(\d{6}))?\.parquet$")  # part-<n> or compacted part-<first>-<last>
 _STALE_COMPACTION = ".part-??????-??????.parquet.tmp-*"  # the temp file of a compaction that was killed
@@ -77,6 +88,89 @@ _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLU
 
 class EpochAlreadyFlushedError(ValueError):
     """An epoch that is already on disk was logged again; a resumed run must start at ``last_epoch() + 1``."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing the run (a second job or process for the same run id); nothing was written."""
+
+
+class WriterLock:
+    """This process's exclusive lock on one run folder (see "One writer per run" above).
+
+    Every recorder of the run in this process shares one lock (:func:`writer_lock`); it is released, and its file
+    removed, when the last of them is gone or the process exits. The file names the holder for the refusal message.
+    """
+
+    def __init__(self, run_dir: Path, run_id: str) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.fd = _lock_file(self.path, run_id)
+        if self.fd is not None:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                      "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, json.dumps(holder).encode())
+            weakref.finalize(self, _unlock_file, self.path, self.fd, os.getpid())
+
+
+_WRITERS: "weakref.WeakValueDictionary[str, WriterLock]" = weakref.WeakValueDictionary()
+
+
+def writer_lock(run_dir: Path, run_id: str) -> WriterLock:
+    """The lock on ``run_dir`` that this process holds, taken now if it holds none; :class:`RunLockedError` when
+    another process holds it."""
+    key = str(run_dir.resolve())
+    lock = _WRITERS.get(key)
+    if lock is None:
+        lock = _WRITERS[key] = WriterLock(run_dir, run_id)
+    return lock
+
+
+def _lock_file(path: Path, run_id: str) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive lock; None where the filesystem has no locks.
+
+    A holder that ends removes the file: a lock taken on a file that was removed meanwhile is taken again on the
+    file now at ``path``, so two processes can never both hold the lock of one path."""
+    if fcntl is None:
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            os.close(fd)
+            raise RunLockedError(_held_message(path, run_id)) from None
+        except OSError as err:  # e.g. ENOLCK: a filesystem without locks
+            os.close(fd)
+            logger.warning("run %s: cannot lock %s (%s); a second writer would not be refused", run_id, path, err)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _unlock_file(path: Path, fd: int, owner: int) -> None:
+    """Release a lock: remove its file while still holding it, then close it (which releases the lock). Only the
+    process that took it does: a forked child that exits must leave its parent's lock alone."""
+    if os.getpid() == owner:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _held_message(path: Path, run_id: str) -> str:
+    """Why run ``run_id`` cannot be opened, naming the process that holds its lock and how to proceed."""
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{job}"
+    stop = f"scancel {holder['slurm_job_id']}" if holder.get("slurm_job_id") else f"kill {holder.get('pid', '<pid>')}"
+    return (f"run {run_id} is being written by another process ({who}): a second job or process for the same run "
+            f"id is refused before it writes anything; wait for that one to end, or stop it ({stop}) and run again")
 
 
 def make_run_id(method: str, reward: str, seed: int, stamp: str | None = None) -> str:
@@ -216,6 +310,7 @@ class RunRecorder:
         self.records_dir = self.run_dir / RECORDS_DIR
         self._run = _run_columns(run_id, meta)
         self.records_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = writer_lock(self.run_dir, run_id)  # before anything is written or removed
         if (self.run_dir / META_FILE).exists():
             self.meta = read_meta(self.run_dir)
             _check_same_run(self.meta, self._run)

@@ -447,7 +447,7 @@ class Trainer:
             bar.advance(self._clock(), completed, score)
             if self.rank == 0:
                 ev = f"eval {score:.3f} | " if score is not None else ""
-                tqdm.write(f"epoch {epoch:4d} | reward {stats['reward/avg_mean']:.4f} | {ev}"
+                tqdm.write(f"epoch {completed:4d} | reward {stats['reward/avg_mean']:.4f} | {ev}"
                            f"loss {metrics.get('loss', float('nan')):.4f} | {bar.text(self._clock())}")
             final = values
         bar.close()

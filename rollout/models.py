@@ -6,7 +6,8 @@ same layout at tiny size from configs (:func:`build_tiny_sd3`), and the built-in
 of that layout with no VAE and no T5.
 
 Prompt encoding goes through diffusers' own ``StableDiffusion3Pipeline.encode_prompt`` (CLIP-L + CLIP-G penultimate
-states, padded and joined with T5) and is cached per prompt: text encoders are frozen during RL.
+states, padded and joined with T5) and is cached per prompt: text encoders are frozen during RL. Each prompt is
+encoded alone, so its embedding never depends on the other prompts of a batch (what makes resuming exact).
 """
 from __future__ import annotations
 
@@ -139,12 +140,18 @@ class T2IPolicy:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached per prompt: text encoders are frozen during RL. Float32 on the policy's device."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if missing:
-            embeds, pooled = self.encode_uncached(missing)
-            for p, e, q in zip(missing, embeds, pooled):
-                self._cache[p] = (e.float(), q.float())
+        """Cached per prompt: text encoders are frozen during RL. Float32 on the policy's device.
+
+        A prompt missing from the cache is encoded alone (a batch of one), never together with the other missing
+        prompts: a batched matrix product sums in an order that depends on the batch size, so a prompt's pooled
+        embedding would depend on which prompts happened to be encoded with it (~5e-7 on the shapes model). Alone,
+        its embedding is a function of the prompt only, so a run resumed with an empty cache sees the same numbers
+        as the run that went straight through.
+        """
+        for prompt in dict.fromkeys(prompts):
+            if prompt not in self._cache:
+                embeds, pooled = self.encode_uncached([prompt])
+                self._cache[prompt] = (embeds[0].float(), pooled[0].float())
         embeds = torch.stack([self._cache[p][0] for p in prompts])
         pooled = torch.stack([self._cache[p][1] for p in prompts])
         return embeds, pooled
