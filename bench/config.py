@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from methods.awm import AWMConfig
 from methods.base import OptimConfig
 from methods.cfg import CFGConfig
+from methods.dgpo import DGPOConfig
 from methods.flowgrpo import FlowGRPOConfig
 from methods.nft import NFTConfig
 from rollout.lora import LoraOptions
@@ -28,7 +30,8 @@ class RunConfig:
     """Everything a run needs; every field is a flag or a ``key=value`` override."""
 
     method: str = "nft"
-    """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, grpo-guard, tempflow-grpo, cfg."""
+    """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, grpo-guard, tempflow-grpo, awm, dgpo,
+    dgpo-wocfg, dgpo-wocfg-emaref, cfg."""
     world: str = "shapes"
     """"shapes" (built-in CPU world) or a path / hub id of an SD3 pipeline (paper scale)."""
     task: Task = "geneval"
@@ -97,6 +100,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     nft: NFTConfig = field(default_factory=NFTConfig)
     flowgrpo: FlowGRPOConfig = field(default_factory=FlowGRPOConfig)
+    awm: AWMConfig = field(default_factory=AWMConfig)
+    dgpo: DGPOConfig = field(default_factory=DGPOConfig)
     cfg: CFGConfig = field(default_factory=CFGConfig)
 
 
@@ -146,7 +151,37 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
         "pickscore": {"flowgrpo.kl_beta": 0.001},
         "shapes": {"images_per_prompt": 2, "rollout_batch_size": 16},
     },
+    # AWM, reference config/dgx_awm.py (SD3.5-M, 8 GPUs): 72 prompts x 24 images, sampling batches of 6, micro-batches
+    # of 3 (its eval every 50 epochs, OCR 20, is not taken: every method is evaluated on one cadence); PickScore 24 prompts, tau 0 (ODE rollout), discrete times with index 0,
+    # micro-batches of 2. Shapes (untuned): the reference's settings on the shapes world's 10 sampler steps, with
+    # micro-batches of 8 (8 per epoch) for CPU throughput
+    "awm": {
+        "paper": {"prompts_per_epoch": 72, "images_per_prompt": 24, "rollout_batch_size": 6,
+                  "awm.train_batch_size": 3},
+        "geneval": {"awm.beta": 0.001},
+        "ocr": {"awm.beta": 0.003},
+        "pickscore": {"prompts_per_epoch": 24, "awm.beta": 1e-4, "awm.noise_level": 0.0, "awm.time_type": "discrete",
+                      "awm.train_batch_size": 2},
+        "shapes": {"awm.num_steps": 10, "awm.train_batch_size": 8},
+    },
+    # DGPO, reference config/dgpo.py (SD3.5-M, 4 GPUs): 8 groups of 16 per epoch, sampling batch = micro-batch = one
+    # group of 16 per GPU, LoRA r 64 / alpha 128; OCR and PickScore truncate at step 6 and switch sampling to ema_ref
+    # after 200 steps; PickScore 8 groups of 24, batches of 12 (each group split over 2 GPUs: world_size x 12 must be
+    # a multiple of 24). Shapes (untuned): the GenEval settings, micro-batch = sampling batch, and ema_ref 10x faster
+    # (switch after 50 steps, decay min(0.01 s, 0.3)) as the NFT shapes preset does for its old policy
+    "dgpo": {
+        "paper": {"prompts_per_epoch": 8, "images_per_prompt": 16, "rollout_batch_size": 16,
+                  "dgpo.train_batch_size": 16, "lora.rank": 64, "lora.alpha": 128},
+        "ocr": {"dgpo.trunc_steps": 6, "dgpo.switch_ema_ref": 200, "dgpo.global_std": True},
+        "pickscore": {"images_per_prompt": 24, "rollout_batch_size": 12, "dgpo.train_batch_size": 12,
+                      "dgpo.beta_dpo": 10.0, "dgpo.kl_beta": 0.001, "dgpo.clip_range": 5e-2, "dgpo.trunc_steps": 6,
+                      "dgpo.switch_ema_ref": 200, "dgpo.global_std": True},
+        "shapes": {"dgpo.train_batch_size": 32, "dgpo.switch_ema_ref": 50, "dgpo.ema_ref_rate": 0.01},
+    },
 }
+# the CFG-free DGPO configs are GenEval's: the batch layout and LoRA, not the other tasks' settings
+for _name in ("dgpo-wocfg", "dgpo-wocfg-emaref"):
+    METHOD_PRESETS[_name] = {k: METHOD_PRESETS["dgpo"][k] for k in ("paper", "shapes")}
 
 
 def preset(world: str, task: str) -> dict:

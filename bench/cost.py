@@ -10,6 +10,10 @@ Counts follow the methods as implemented (and the references): per rollout sampl
 - TempFlow-GRPO: rollout ``(S + K sum_i (steps - 1 - i)) x cfg`` forwards (the ODE trunk, then K branches per branch
             point i continued by the ODE; S = 9, K = 6: 279 x 2), ``S x K`` images decoded and scored (54, FlowGRPO:
             1); training as FlowGRPO over ``S x K`` (latent, step) pairs.
+- AWM:      rollout ``steps x cfg`` forwards (SA-Solver: one evaluation per step); training ``T x (1 trainable +
+            [1 ref] + [1 ema])`` forwards and ``T`` backwards (T = 6: 14 + 18 + 2 x 6 = 44 forward-equivalents).
+- DGPO:     rollout ``steps x cfg`` forwards (DPM-Solver++(2M)); training ``M x (1 trainable + [ref x kl_cfg] +
+            [1 ema_ref])`` forwards and ``M`` backwards (M = 4, reference GenEval: 20 + 12 + 2 x 4 = 40).
 
 Every sample but TempFlow's gives one image, so per sample is per image there.
 
@@ -58,6 +62,16 @@ def passes_per_image(method: str, cfg) -> PassCounts:
             t_train = images
         fwd = t_train * cfg_mult * (1 + (1 if m.kl_beta > 0 else 0))
         return PassCounts(rollout * cfg_mult, fwd, t_train * cfg_mult, images)
+    if method == "awm":
+        m = cfg.awm
+        fwd = m.train_timesteps * (1 + (m.beta > 0) + (m.ema_beta > 0 or m.off_policy))
+        return PassCounts(m.num_steps * (2 if m.guidance != 1.0 else 1), fwd, m.train_timesteps)
+    if get(method).config_field == "dgpo":
+        m = cfg.dgpo if cfg.method == method else method_config(method, cfg.dgpo)
+        base = (2 if m.kl_cfg > 1 else 1) if (not m.use_ema_ref or m.kl_beta > 0) else 0
+        old = 1 if (m.clip_dsm or m.clip_kl or m.use_ema_ref) else 0
+        fwd = m.num_train_timesteps * (1 + base + old)
+        return PassCounts(m.num_steps * (2 if m.rollout_guidance != 1.0 else 1), fwd, m.num_train_timesteps)
     if method == "cfg":
         return PassCounts(cfg.cfg.num_steps * (2 if cfg.cfg.guidance != 1.0 else 1), 0, 0)
     raise ValueError(f"no pass model for method {method!r}")

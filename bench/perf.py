@@ -89,6 +89,8 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
                      f"nft.train_batch_size={batch}", f"flowgrpo.train_batch_size={batch}", "eval_every=0",
                      "reward=brightness", f"resolution={resolution}", f"out={out}", "tensorboard=false",
                      f"ablation=perf:{model}", f"nft.num_steps={steps}", f"flowgrpo.num_steps={steps}",
+                     f"awm.train_batch_size={batch}", f"awm.num_steps={steps}",
+                     f"dgpo.train_batch_size={batch}", f"dgpo.num_steps={steps}",
                      f"device={device}", "budget_wall_s=0"]
         if model == "sd35m":
             overrides += ["lora.rank=32", "lora.alpha=64"]
@@ -103,7 +105,8 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
         counts = passes_per_image(method, cfg)
         n_img = prompts * images
         # CFG runs the conditional and unconditional halves as ONE forward at twice the batch: time it that way
-        cfg_mult = 2 if (method != "nft" and trainer.method_cfg.guidance != 1.0) else 1
+        guidance = getattr(trainer.method_cfg, "guidance", getattr(trainer.method_cfg, "rollout_guidance", 1.0))
+        cfg_mult = 2 if (method != "nft" and guidance != 1.0) else 1
         raw_batch = batch * cfg_mult
         fwd = int(round(counts.rollout_forward * n_img / raw_batch))
         trn_f = int(round((counts.train_forward - counts.train_backward) * n_img / raw_batch))
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", choices=["shapes", "sd35m"], default="shapes", help="Shapes world or an SD3.5-Medium-size random model.")
     ap.add_argument("--methods", default="nft,flowgrpo",
                     help="Comma-separated methods to benchmark (nft, flowgrpo, flowgrpo-fast, grpo-guard, "
-                         "tempflow-grpo).")
+                         "tempflow-grpo, awm, dgpo).")
     ap.add_argument("--epochs", type=int, default=3, help="Epochs per method (the first is treated as warm-up).")
     ap.add_argument("--prompts", type=int, default=4, help="Prompts per epoch.")
     ap.add_argument("--images", type=int, default=8, help="Images per prompt.")

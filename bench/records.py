@@ -74,7 +74,8 @@ SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 RUN_COLUMNS: tuple[str, ...] = ("run_id", "method", "world", "reward", "seed")  # constant within one run
 META_COLUMNS: tuple[str, ...] = ("ablation",)  # run meta that load_results joins onto every row
-KNOWN_METHODS: tuple[str, ...] = ("nft", "flowgrpo", "flowgrpo-fast", "grpo-guard", "tempflow-grpo", "cfg")
+KNOWN_METHODS: tuple[str, ...] = ("nft", "flowgrpo", "flowgrpo-fast", "grpo-guard", "tempflow-grpo", "awm", "dgpo",
+                                   "dgpo-wocfg", "dgpo-wocfg-emaref", "cfg")
 
 META_FILE = "meta.json"
 LOCK_FILE = ".writer.lock"

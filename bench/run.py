@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--methods", type=method_list, default="nft,flowgrpo,cfg",
                     help="Comma-separated methods to compare under the same budget: nft, flowgrpo, flowgrpo-fast, "
-                         "grpo-guard, tempflow-grpo, cfg (the CFG baseline: evaluation only).")
+                         "grpo-guard, tempflow-grpo, awm, dgpo, dgpo-wocfg, dgpo-wocfg-emaref, cfg (the CFG baseline: "
+                         "evaluation only).")
     ap.add_argument("--seeds", type=seed_list, default="0",
                     help="Comma-separated seeds; every method runs once per seed.")
     for flag, (_, typ, text) in FLAGS.items():

@@ -224,20 +224,26 @@ class Trainer:
 
     def rollout(self, epoch: int) -> tuple[RolloutBatch, dict[str, float]]:
         spec = self.method.rollout_spec(epoch)
-        sig = sigmas_from_scheduler(self.policy.scheduler, spec.num_steps)
+        sig = sigmas_from_scheduler(self.policy.scheduler, spec.num_steps) if spec.sigmas is None else spec.sigmas
+        if len(sig) != spec.num_steps + 1:
+            raise ValueError(f"RolloutSpec.sigmas has {len(sig)} entries for {spec.num_steps} steps: give num_steps "
+                             "+ 1")
+        if spec.timesteps is not None and (spec.sigmas is None or len(spec.timesteps) != spec.num_steps):
+            raise ValueError("RolloutSpec.timesteps needs RolloutSpec.sigmas, the table it belongs to, and one "
+                             "timestep per step")
         shape = self.policy.latent_shape(self.resolution, self.resolution)
         parts: list[SampledPart] = []
         t0 = time.perf_counter()
         adapter = lora.use_adapter(self.policy.transformer, spec.adapter) if spec.adapter != lora.TRAINABLE \
             else contextlib.nullcontext()
         with adapter, torch.no_grad():
-            shard_start = self.rank * self.sampler.batches_per_epoch * self.sampler.batch_size
-            batches = self.sampler.batches(epoch)
+            positions = self.sampler.batch_positions(spec.whole_groups)
+            batches = self.sampler.batches(epoch, spec.whole_groups)
             for b, idx in enumerate(phase_bar(batches, f"rollout {epoch}", self.rank == 0)):
                 prompts = [self.train_set.prompts[i] for i in idx]
                 metadata = [self.train_set.metadata[i] for i in idx]
                 cond = self.policy.encode(prompts)
-                ids = list(range(shard_start + b * len(idx), shard_start + (b + 1) * len(idx)))
+                ids = positions[b]
                 g = sample_generators(self.cfg.seed, epoch, ids, salt=0)
                 x = torch.stack([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
                 sample_part = self._sample_branches if spec.branches else self._sample
@@ -253,6 +259,8 @@ class Trainer:
             embeds=cat([part.cond[0] for part in parts]), pooled=cat([part.cond[1] for part in parts]),
             x0=cat([part.x0 for part in parts]), sigmas=sig,
             sample_ids=torch.tensor([i for part in parts for i in part.ids]))
+        groups = self.sampler.epoch_groups(epoch, spec.whole_groups)
+        batch.group_ids = torch.tensor([groups[i] for i in batch.sample_ids.tolist()])
         if spec.keep_trajectory:
             batch.latents = cat([part.latents for part in parts])
             batch.next_latents = cat([part.next_latents for part in parts])
@@ -274,11 +282,18 @@ class Trainer:
 
     def _velocity_fn(self, spec, cond):
         """The sampler's velocity function over ``cond``'s samples; a batch of K times as many rows (branches, row
-        r of sample r // K) gets each sample's conditioning repeated K times."""
+        r of sample r // K) gets each sample's conditioning repeated K times. With ``spec.timesteps`` the transformer
+        gets the timestep given for the sigma of each step."""
+        steps = None if spec.timesteps is None else dict(zip(spec.sigmas[:-1].tolist(), spec.timesteps.tolist()))
+
         def velocity(x_, s):
             k = x_.shape[0] // cond[0].shape[0]
             c = cond if k == 1 else (cond[0].repeat_interleave(k, 0), cond[1].repeat_interleave(k, 0))
-            return self.policy.velocity(x_, s, c, guidance=spec.guidance, integer_timestep=spec.integer_timestep)
+            if steps is not None and float(s) not in steps:
+                raise ValueError(f"RolloutSpec.timesteps: the solver evaluated sigma {float(s)}, not a step of the "
+                                 "given table; use a solver that steps on the table (euler, dpm2)")
+            return self.policy.velocity(x_, s, c, guidance=spec.guidance, integer_timestep=spec.integer_timestep,
+                                        timestep=None if steps is None else steps[float(s)])
         return velocity
 
     def _latent_dtype(self):
@@ -288,7 +303,7 @@ class Trainer:
         """One sampling batch on the method's solver; its images go to the reward workers at once."""
         res = sample(self._velocity_fn(spec, part.cond), x, sig, spec.solver, noise_level=spec.noise_level,
                      generator=g, sde_window=spec.sde_window, keep_trajectory=spec.keep_trajectory,
-                     latent_dtype=self._latent_dtype(), keep_means=spec.keep_means)
+                     latent_dtype=self._latent_dtype(), keep_means=spec.keep_means, sa_window=spec.sa_window)
         part.futures.append(self.rewards.submit(self.policy.decode(res.x0), part.prompts, part.metadata))
         part.x0 = res.x0
         if spec.keep_trajectory:

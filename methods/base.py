@@ -62,6 +62,16 @@ class RolloutSpec:
     branch point; the batch then has one row per branch and 2-D rewards and advantages [rows, branch points]."""
     branch_points: int | None = None
     """With ``branches``: branch at the first this many steps (None: every step but the last)."""
+    sa_window: tuple[float, float] = (0.3, 0.9)
+    """Solver "sa" (AWM): ``noise_level`` applies where ``sa_window[0] <= t <= sa_window[1]``, tau = 0 elsewhere."""
+    sigmas: torch.Tensor | None = None
+    """The sigma table [num_steps + 1] ending in 0 (DGPO: Sana's DPM-Solver table); None = the model's scheduler's."""
+    timesteps: torch.Tensor | None = None
+    """With ``sigmas``: the transformer's timestep at each step [num_steps], fed as given (DGPO: the scheduler's
+    integers) instead of being derived from sigma."""
+    whole_groups: bool = False
+    """Lay the epoch out so that every sampling step (all ranks) holds whole prompt groups
+    (:meth:`rollout.prompts.GroupedSampler.batch_positions`); DGPO trains on group-complete micro-batches."""
 
 
 @dataclass
@@ -83,6 +93,8 @@ class RolloutBatch:
     sample_ids: torch.Tensor | None = None  # [N] position of each sample in the epoch (over all ranks; a branch
     # row has its trunk sample's)
     means: torch.Tensor | None = None  # [N, T, C, H, W] step means of the sampling policy (``keep_means``)
+    group_ids: torch.Tensor | None = None  # [N] each sample's group: which of the epoch's prompt draws it is of
+    # (``GroupedSampler.epoch_groups``; a prompt text can repeat in a set, so texts do not identify groups)
 
     def generators(self, seed: int, epoch: int, salt: int, idx: torch.Tensor | None = None) -> list[torch.Generator]:
         """One generator per sample, keyed by (seed, epoch, global sample position, salt): per-sample randomness
@@ -125,9 +137,7 @@ class Method(ABC):
         fp16 = policy.options.autocast_dtype == torch.float16 and policy.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16 and bool(self.params))
         self.backend: Backend = "ddp"
-        self.engine = None  # the DeepSpeed engine over the trainable LoRA (backend "deepspeed" only)
-        self._optim_template: dict | None = None  # AdamW param_groups as torch lays them out (deepspeed only)
-        self._optim_snapshot: dict | None = None  # full AdamW state after the last step (deepspeed only)
+        self.deepspeed = None  # methods.zero.DeepSpeedBackend (backend "deepspeed" only)
 
     def use_backend(self, backend: Backend, zero_stage: int = 2) -> None:
         """Select how gradients are averaged and the optimizer steps (``RunConfig.backend`` / ``zero_stage``).
@@ -140,11 +150,17 @@ class Method(ABC):
             return
         if backend != "deepspeed":
             raise ValueError(f"backend must be 'ddp' or 'deepspeed', got {backend!r}")
-        if self.engine is not None:
+        if self.deepspeed is not None:
             raise RuntimeError("use_backend('deepspeed') was already called for this method")
-        self._optim_template = self.optimizer.state_dict()["param_groups"]
-        self.engine = _deepspeed_engine(self.params, self.optimizer, self.optim_cfg, zero_stage)
+        from methods.zero import DeepSpeedBackend
+
+        self.deepspeed = DeepSpeedBackend(self.params, self.optimizer, self.optim_cfg.max_grad_norm, zero_stage)
         self.backend = "deepspeed"
+
+    @property
+    def engine(self):
+        """The DeepSpeed engine over the trainable LoRA, or None under DDP."""
+        return self.deepspeed.engine if self.deepspeed is not None else None
 
     # ------------------------------------------------------------------ interface
     @abstractmethod
@@ -175,7 +191,8 @@ class Method(ABC):
             "default": {k: v.detach().clone() for k, v in lora.adapter_params(t, lora.TRAINABLE).items()},
             "old": {k: v.detach().clone() for k, v in lora.adapter_params(t, lora.OLD).items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self._optimizer_state(),
+            "optimizer": (self.deepspeed.optimizer_state() if self.deepspeed is not None
+                          else self.optimizer.state_dict() if self.optimizer is not None else None),
             "scaler": self.scaler.state_dict(),
         }
 
@@ -190,85 +207,16 @@ class Method(ABC):
             self.ema.load_state_dict(state["ema"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.engine is not None:
-            self._load_zero_state(state["optimizer"])
+        if self.deepspeed is not None:
+            self.deepspeed.load_optimizer_state(state["optimizer"])
         elif self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-
-    # ------------------------------------------------------------------ deepspeed state
-    # The checkpointed optimizer state is torch AdamW's own layout whatever the backend, so a checkpoint written
-    # under one backend (or ZeRO stage, or world size) resumes under another. Under ZeRO each rank holds only its
-    # partition of exp_avg / exp_avg_sq; the trainer checkpoints from rank 0 alone (no collective there), so every
-    # step gathers the full LoRA-sized state to rank 0 (CPU), one all-gather of 2 x the LoRA size per step.
-    def _optimizer_state(self) -> dict | None:
-        if self.engine is None:
-            return self.optimizer.state_dict() if self.optimizer is not None else None
-        if self._optim_snapshot is None:  # no step yet (or rank > 0): a fresh AdamW's state
-            return {"state": {}, "param_groups": [dict(g) for g in self._optim_template]}
-        return self._optim_snapshot
-
-    def _zero(self):
-        """The ZeRO stage-1/2 optimizer, or None for stage 0 (the engine then steps our AdamW itself)."""
-        opt = self.engine.optimizer
-        return opt if hasattr(opt, "single_partition_of_fp32_groups") else None
-
-    def _flat_layout(self, zero) -> list[tuple[int, int, int]]:
-        """(index in self.params, offset in the flat group buffer, numel) for every trainable parameter."""
-        index = {id(p): i for i, p in enumerate(self.params)}
-        assert len(zero.round_robin_bit16_groups) == 1, "one LoRA param group expected"
-        return [(index[id(p)], off, p.numel())
-                for p, off in zip(zero.round_robin_bit16_groups[0], zero.round_robin_bit16_offsets[0])]
-
-    def _snapshot_optimizer(self) -> None:
-        """Collective (all ranks, after every step): rank 0 keeps the full AdamW state in torch's layout."""
-        zero = self._zero()
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        if zero is None:
-            self._optim_snapshot = self.engine.optimizer.state_dict() if rank == 0 else None
-            return
-        fp32 = zero.single_partition_of_fp32_groups[0]
-        st = zero.optimizer.state[fp32]
-        full = {}
-        for key in ("exp_avg", "exp_avg_sq"):
-            local = st[key].detach()
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-                dist.all_gather(parts, local.contiguous())
-                full[key] = torch.cat(parts).cpu()
-            else:
-                full[key] = local.cpu()
-        if rank != 0:
-            return
-        step = st["step"].detach().cpu().clone() if torch.is_tensor(st["step"]) else torch.tensor(float(st["step"]))
-        state = {i: {"step": step.clone(), **{k: full[k][off:off + n].view_as(self.params[i]).clone()
-                                               for k in full}} for i, off, n in self._flat_layout(zero)}
-        self._optim_snapshot = {"state": state, "param_groups": [dict(g) for g in self._optim_template]}
-
-    def _load_zero_state(self, saved: dict) -> None:
-        """Collective: load the LoRA master weights and this rank's partition of a torch-layout AdamW state."""
-        zero = self._zero()
-        if zero is None:
-            self.engine.optimizer.load_state_dict(saved)
-        else:
-            zero._restore_from_bit16_weights()  # the fp32 master partition follows the weights just loaded
-            if saved["state"]:
-                fp32 = zero.single_partition_of_fp32_groups[0]
-                rank = dist.get_rank() if dist.is_initialized() else 0
-                flat = {}
-                for key in ("exp_avg", "exp_avg_sq"):
-                    buf = torch.zeros(zero.bit16_groups_flat[0].numel(), dtype=fp32.dtype)
-                    for i, off, n in self._flat_layout(zero):
-                        buf[off:off + n] = saved["state"][i][key].reshape(-1)
-                    part = zero.get_data_parallel_partitions(buf, 0)[rank]
-                    flat[key] = part.clone().to(fp32.device)
-                zero.optimizer.state[fp32] = {"step": saved["state"][0]["step"].clone(), **flat}
-        self._snapshot_optimizer()
 
     # ------------------------------------------------------------------ shared step
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradients of ``loss`` (already divided by the passes per step) into the LoRA."""
-        if self.engine is not None:
-            self.engine.backward(loss, scale_wrt_gas=False)  # the methods scale; no reduction until step()
+        if self.deepspeed is not None:
+            self.deepspeed.backward(loss)
         else:
             self.scaler.scale(loss).backward()
 
@@ -278,12 +226,9 @@ class Method(ABC):
         Under DeepSpeed the engine does the same: reduce (ZeRO 2: reduce-scatter) the gradients accumulated by
         :meth:`backward`, clip to ``max_grad_norm``, step AdamW on this rank's partition, all-gather the weights.
         """
-        if self.engine is not None:
-            self.engine.step()
+        if self.deepspeed is not None:
             self.global_step += 1
-            self._snapshot_optimizer()
-            norm = self.engine.get_global_grad_norm()
-            return {"grad_norm": float(norm) if norm is not None else float("nan"), "lr": self.engine.get_lr()[0]}
+            return self.deepspeed.step()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for p in self.params:
                 if p.grad is None:
@@ -298,60 +243,6 @@ class Method(ABC):
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         return {"grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
-
-
-def _deepspeed_engine(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, optim: OptimConfig,
-                      zero_stage: int):
-    """A DeepSpeed engine over the trainable LoRA parameters, stepping our AdamW (ZeRO stage 0, 1 or 2).
-
-    ``deepspeed.initialize`` directly, not accelerate's DeepSpeedPlugin: accelerate's ``backward`` must know at
-    every backward whether it is the last one before the optimizer step (it calls ``engine.step()`` right after
-    it), while our methods run a variable number of backward passes (micro-batches x timesteps) and only then
-    decide to step; accelerate would also wrap and move the whole transformer. DeepSpeed's
-    ``managed_gradient_accumulation: false`` matches our loop exactly: ``backward`` accumulates, ``step()`` is the
-    boundary, so the micro-batches per step (NFT's depends on the per-rank batch) need not be known up front.
-
-    The engine's "model" holds only the LoRA parameters (the same Parameter objects peft uses; ZeRO re-points
-    their storage into its flat buffer), so the frozen base is never wrapped, cast or broadcast. Its forward is
-    never called: the policy calls the transformer directly.
-    """
-    if zero_stage == 3:
-        raise ValueError("zero_stage=3 is not supported: ZeRO-3 partitions the parameters themselves, which breaks "
-                         "the per-forward peft adapter switching (default / old / reference) and the in-place "
-                         "weight copies (old-policy soft update, EMA, checkpoint loads). Training state is LoRA-sized: "
-                         "use zero_stage=1 or 2 (partitioned optimizer state and gradients), or backend=ddp.")
-    if zero_stage not in (0, 1, 2):
-        raise ValueError(f"zero_stage must be 0, 1 or 2, got {zero_stage}")
-    try:
-        import deepspeed
-    except ImportError as e:
-        raise ImportError("backend=deepspeed needs DeepSpeed: pip install 'flowrl-bench[deepspeed]'") from e
-    if not dist.is_initialized():  # a single process: DeepSpeed still wants a (one-rank) process group
-        import os
-
-        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                     ("MASTER_PORT", "29500")):
-            os.environ.setdefault(k, v)
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   auto_mpi_discovery=False)
-
-    class _LoraParams(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lora = torch.nn.ParameterList(params)
-
-    config = {
-        "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: the methods batch the data themselves
-        "gradient_accumulation_steps": 1,
-        "managed_gradient_accumulation": False,
-        "gradient_clipping": optim.max_grad_norm,
-        "zero_optimization": {"stage": zero_stage},
-        "zero_allow_untested_optimizer": True,  # our torch AdamW: same math as the DDP path
-        "steps_per_print": 2 ** 31 - 1,
-    }
-    engine, *_ = deepspeed.initialize(model=_LoraParams(), optimizer=optimizer, config=config,
-                                      dist_init_required=False)
-    return engine
 
 
 def micro_batches(n: int, size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:

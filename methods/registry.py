@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from methods.awm import AWM, AWMConfig
 from methods.base import Method, OptimConfig
 from methods.cfg import CFGBaseline, CFGConfig
+from methods.dgpo import DGPO, DGPOConfig
 from methods.flowgrpo import FlowGRPO, FlowGRPOConfig
 from methods.nft import DiffusionNFT, NFTConfig
 from methods.tempflow import TempFlowGRPO
@@ -38,6 +40,15 @@ REGISTRY: dict[str, MethodEntry] = {
     # their own std, the older KL form with its 10x smaller beta
     "tempflow-grpo": MethodEntry(TempFlowGRPO, FlowGRPOConfig, "flowgrpo", dict(
         branches=6, step_weight="noise_aware", adv_group="seed", global_std=False, kl_form="std_dt", kl_beta=0.004)),
+    "awm": MethodEntry(AWM, AWMConfig, "awm"),
+    "dgpo": MethodEntry(DGPO, DGPOConfig, "dgpo"),
+    # DGPO's CFG-free configs (README mode 2, GenEval values): config/dgpo_wocfg.py (CFG moved into the base model's
+    # forward) and config/dgpo_wocfg_emaref.py (ema_ref as the DPO reference)
+    "dgpo-wocfg": MethodEntry(DGPO, DGPOConfig, "dgpo", dict(
+        rollout_guidance=1.0, eval_guidance=1.0, kl_cfg=4.5, clip_range=1e-3)),
+    "dgpo-wocfg-emaref": MethodEntry(DGPO, DGPOConfig, "dgpo", dict(
+        rollout_guidance=1.0, eval_guidance=1.0, kl_cfg=1.0, beta_dpo=2000.0, clip_range=1e-5, use_ema_ref=True,
+        kl_beta=0.001)),
     "cfg": MethodEntry(CFGBaseline, CFGConfig, "cfg"),
 }
 

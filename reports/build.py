@@ -7,7 +7,9 @@ writes PNG plots and ``report.md``:
 
 1. **Headline: NFT vs FlowGRPO**, when the headline folder (default ``<results>/headline``) holds runs: the
    speedup tables (NFT as A, FlowGRPO as B), the curves and the final table of those runs.
-2. **Default comparison**: the same for the runs directly under ``<results>`` without an ablation label.
+2. **Default comparison**: the same for the runs directly under ``<results>`` without an ablation label, every
+   pair of methods, plus each method's speedup over FlowGRPO and over NFT beside the papers' claimed speedups
+   (:mod:`reports.claims`).
 3. **Published numbers**, one table per source, never mixed with measured rows: a toy-world number and an
    SD3.5-M number never share a table.
 4. **Ablations** (runs with an ``ablation`` label under ``<results>``), and the list of runs.
@@ -33,6 +35,7 @@ import pandas as pd  # noqa: E402
 
 from bench.cli import at_least, existing_dir  # noqa: E402
 from bench.records import load_results  # noqa: E402
+from reports.claims import claims_section  # noqa: E402
 from reports.groups import CLOCK_CHOICES, EPOCHS, Clock, Group, Panel, clock_length, panels, run_table  # noqa: E402
 from reports.markdown import fmt, markdown_table  # noqa: E402,F401  (fmt, markdown_table: public here too)
 from reports.speedup import (  # noqa: E402
@@ -46,7 +49,8 @@ GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position",
 HELD_OUT_TAGS = ("colors", "position", "color_attr")
 FINAL_COLUMNS = {"strict accuracy": "eval/strict_accuracy", "accuracy": "eval/accuracy",
                  "partial score": "eval/score", **{tag: f"eval/strict_accuracy/{tag}" for tag in GENEVAL_TAGS}}
-METHOD_COLORS = {"nft": "C0", "flowgrpo": "C1", "flowgrpo-fast": "C2", "grpo-guard": "C4", "tempflow-grpo": "C5"}
+METHOD_COLORS = {"nft": "C0", "flowgrpo": "C1", "flowgrpo-fast": "C2", "grpo-guard": "C4", "tempflow-grpo": "C5",
+                 "awm": "C6", "dgpo": "C8"}
 SPARE_COLORS = ("C4", "C5", "C6", "C8", "C9", "C0", "C1", "C2", "navy", "olive", "teal", "maroon", "gold", "lime")
 LEVEL_STYLES = (("C3", "--"), ("C7", ":"), ("k", "-."))  # CFG baseline levels: (colour, line style)
 
@@ -163,8 +167,10 @@ def repeats_lines(all_panels: list[Panel]) -> list[str]:
 
 
 def section(title: str, df: pd.DataFrame, runs: pd.DataFrame, out: Path, stem: str, clock: str, n_boot: int,
-            monotone: bool, a: str | None = None, b: str | None = None) -> list[str]:
-    """Markdown lines of one comparison: speedup tables per (world, reward) and pair, curves, final tables."""
+            monotone: bool, a: str | None = None, b: str | None = None,
+            published: pd.DataFrame | None = None) -> list[str]:
+    """Markdown lines of one comparison: speedup tables per (world, reward) and pair, the claimed-vs-measured
+    tables (with ``published``), curves, final tables."""
     lines = [f"## {title}", ""]
     if df.empty:
         return lines + ["_No measured runs found._", ""]
@@ -175,7 +181,10 @@ def section(title: str, df: pd.DataFrame, runs: pd.DataFrame, out: Path, stem: s
         lines += [pair_markdown(df, panel, x, y, n_boot, monotone=monotone) + "\n" for x, y in pairs] or [
             f"- {panel.reward} ({panel.world}): no speedup: needs two trained methods "
             f"({a or 'any'} vs {b or 'any'}) with `{panel.metric}`; found {[g.label for g in panel.groups]}.", ""]
-    lines += repeats_lines(all_panels) + ["", "### Curves", ""]
+    lines += repeats_lines(all_panels) + [""]
+    if published is not None:
+        lines += claims_section(df, all_panels, published, n_boot)
+    lines += ["### Curves", ""]
     for panel in all_panels:
         path = out / f"{stem}_{slug(panel.world)}_{slug(panel.reward)}.png"
         plot_panel(df, panel, path, f"{title}: {panel.reward} ({panel.world}); thin = seeds, thick = mean of seeds")
@@ -259,17 +268,19 @@ def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_di
              "`reports/published/`. Measured tables hold only this harness's runs; published tables only the "
              "papers' numbers (confidence: exact / transcribed / read-off-plot). Runs pool as seeds only when "
              "world, reward, method, ablation label and config fingerprint agree (`reports.groups`).", ""]
+    published = load_published(published_dir)
     head = load_results(headline) if headline.is_dir() else df.iloc[0:0]
     head_runs = run_table(head, headline if headline.is_dir() else None)
     if not head.empty:
         lines += section("Headline: NFT vs FlowGRPO", head, head_runs, out, "headline", clock, n_boot, monotone,
-                         a="nft", b="flowgrpo")
+                         a="nft", b="flowgrpo", published=published)
     main_df = df[df["ablation"].isna()]
-    lines += section("Default comparison", main_df, runs, out, "default", clock, n_boot, monotone)
+    lines += section("Default comparison", main_df, runs, out, "default", clock, n_boot, monotone,
+                     published=published)
     if main_df["run_id"].nunique() < df["run_id"].nunique():
         lines += [f"{df['run_id'].nunique() - main_df['run_id'].nunique()} runs carry an `ablation` label: "
                   "they appear only under Ablations.", ""]
-    lines += published_section(load_published(published_dir))
+    lines += published_section(published)
     lines += ablation_section(df, runs, out, clock)
     lines += ["## Runs", ""]
     for frame, frame_runs, root in ((head, head_runs, headline), (df, runs, results)):

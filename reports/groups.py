@@ -32,7 +32,9 @@ from bench.config import with_defaults
 from bench.records import FINGERPRINT_IGNORES, config_fingerprint, load_meta, read_meta
 
 BASELINE_METHOD = "cfg"  # an untrained baseline: only an epoch-0 evaluation
-METHOD_ORDER = ("nft", "flowgrpo", "flowgrpo-fast", "grpo-guard", "tempflow-grpo")  # in a pair, the method listed first is A
+# in a pair, the method listed first is A (the one whose speedup is reported): newer methods before NFT, NFT before
+# FlowGRPO and its variants
+METHOD_ORDER = ("dgpo", "awm", "nft", "flowgrpo", "flowgrpo-fast", "grpo-guard", "tempflow-grpo")
 RUN_FIELDS = ("run_id", "world", "reward", "method", "seed", "ablation", "config_fingerprint", "start_time")
 HEADLINE_KEYS = ("eval/strict_accuracy", "eval/geneval_mean", "eval/avg_mean", "reward/avg_mean")
 

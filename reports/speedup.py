@@ -247,7 +247,7 @@ def format_ratio(ratio: float) -> str:
     """``12x``, ``4.4x``, ``0.31x``; ``unbounded`` for an infinite end of an interval."""
     if math.isinf(ratio):
         return "unbounded"
-    if ratio >= 10:
+    if ratio >= 9.95:  # 9.97 prints as 10x, not 10.0x
         return f"{ratio:.0f}x"
     return f"{ratio:.1f}x" if ratio >= 0.995 else f"{ratio:.2g}x"
 

@@ -153,6 +153,7 @@ class EMA:
         self.shadow = {k: v.clone().float() for k, v in state.items()}
 
 
-def ema_decay(step: int, cap: float = 0.9) -> float:
-    """The references' EMA decay ``min((1 + s) / (10 + s), cap)`` at optimizer step ``s``."""
-    return min((1 + step) / (10 + step), cap)
+def ema_decay(s: int, cap: float = 0.9) -> float:
+    """The references' EMA decay ``min((1 + s) / (10 + s), cap)`` at optimizer step ``s`` (cap 0.9: NFT and FlowGRPO;
+    AWM passes 0.99)."""
+    return min((1 + s) / (10 + s), cap)

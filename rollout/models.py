@@ -167,13 +167,16 @@ class T2IPolicy:
 
     def velocity(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor],
                  guidance: float = 1.0, neg: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 integer_timestep: bool | None = None, detach_uncond: bool = False) -> torch.Tensor:
+                 integer_timestep: bool | None = None, detach_uncond: bool = False,
+                 timestep: torch.Tensor | int | float | None = None) -> torch.Tensor:
         """Predicted velocity ``v ~ eps - x0`` at ``(x, sigma)``; float32 output.
 
         ``guidance > 1`` runs classifier-free guidance in ONE batched forward over ``[neg; cond]``
         (``v = v_u + g (v_c - v_u)``); ``neg`` defaults to the empty prompt's embedding.
         ``integer_timestep`` defaults to the options' ``timestep_mode`` (sampling); training passes False.
         ``detach_uncond`` stops gradients through the unconditional branch (a FlowGRPO reference variant).
+        ``timestep`` (scalar or [B]) is fed to the transformer as given instead of ``sigma * 1000`` (DGPO: the DPM
+        scheduler's integers; truncating ``float32(t) * 1000`` would turn 251 into 250).
         """
         if integer_timestep is None:
             integer_timestep = self.options.timestep_mode == "int"
@@ -189,7 +192,12 @@ class T2IPolicy:
             sig = torch.cat([torch.as_tensor(sigma).reshape(-1).expand(b)] * 2) if torch.is_tensor(sigma) else sigma
         else:
             x_in, sig = x, sigma
-        t = to_timestep(sig, x_in.shape[0], x.device, integer_timestep)
+        if timestep is None:
+            t = to_timestep(sig, x_in.shape[0], x.device, integer_timestep)
+        else:
+            t = torch.as_tensor(timestep, device=x.device)
+            t = t.expand(b) if t.ndim == 0 else t.reshape(-1)
+            t = torch.cat([t, t]) if guidance != 1.0 else t
         with self._autocast():
             out = self.transformer(hidden_states=x_in, encoder_hidden_states=embeds, pooled_projections=pooled,
                                    timestep=t, return_dict=False)[0]

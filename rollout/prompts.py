@@ -101,7 +101,8 @@ class GroupedSampler:
 
     An epoch's ``prompts_per_epoch * images_per_prompt`` samples are shuffled deterministically from
     ``(seed, epoch)`` and split into ``world_size`` equal shards; each rank's shard is cut into sampling batches of
-    ``batch_size``. Groups span ranks and batches (advantages are computed over the gathered epoch).
+    ``batch_size``. Groups span ranks and batches (advantages are computed over the gathered epoch), except with
+    ``whole_groups`` (:meth:`batch_positions`).
     The sampler's only state is the epoch number, so resuming at epoch e reproduces it exactly.
     """
 
@@ -132,16 +133,45 @@ class GroupedSampler:
     def batches_per_epoch(self) -> int:
         return self.prompts_per_epoch * self.images_per_prompt // (self.world_size * self.batch_size)
 
-    def epoch_samples(self, epoch: int) -> list[int]:
-        """All ranks' prompt indices for ``epoch`` in global order (each chosen prompt exactly K times)."""
+    def epoch_samples(self, epoch: int, whole_groups: bool = False) -> list[int]:
+        """All ranks' prompt indices for ``epoch`` in global order (each chosen prompt exactly K times): shuffled, or
+        with ``whole_groups`` each prompt's K samples side by side (the same prompts, in their random order)."""
+        return self._epoch(epoch, whole_groups)[0]
+
+    def epoch_groups(self, epoch: int, whole_groups: bool = False) -> list[int]:
+        """The group of every position of :meth:`epoch_samples`: which of the epoch's ``prompts_per_epoch`` prompt
+        draws it belongs to (a prompt text may repeat in a set, so two groups can share one)."""
+        return self._epoch(epoch, whole_groups)[1]
+
+    def _epoch(self, epoch: int, whole_groups: bool) -> tuple[list[int], list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         chosen = torch.randperm(self.num_prompts, generator=g)[: self.prompts_per_epoch]
-        repeated = chosen.repeat_interleave(self.images_per_prompt)
-        return repeated[torch.randperm(repeated.numel(), generator=g)].tolist()
+        group = torch.arange(self.prompts_per_epoch).repeat_interleave(self.images_per_prompt)
+        if not whole_groups:
+            group = group[torch.randperm(group.numel(), generator=g)]
+        return chosen[group].tolist(), group.tolist()
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def batch_positions(self, whole_groups: bool = False) -> list[list[int]]:
+        """Global positions (in :meth:`epoch_samples` order) of this rank's sampling batches.
+
+        Default: rank r holds the r-th contiguous shard. ``whole_groups``: sampling step b (all ranks) is the b-th
+        block of ``world_size x batch_size`` positions and rank r holds its r-th slice, so with groups side by side
+        every step holds whole groups (split over ranks when ``batch_size < K``). Position p holds the same prompt
+        whatever the number of ranks (positions key the rollout noise); with ``whole_groups`` the steps are also the
+        same for the same ``world_size x batch_size``.
+        """
+        bs, n = self.batch_size, self.batches_per_epoch
+        if not whole_groups:
+            start = self.rank * n * bs
+            return [list(range(start + b * bs, start + (b + 1) * bs)) for b in range(n)]
+        step = self.world_size * bs
+        if step % self.images_per_prompt:
+            raise ValueError(f"whole prompt groups per sampling step: world_size x batch_size = {self.world_size} x "
+                             f"{bs} = {step} must be a multiple of images_per_prompt = {self.images_per_prompt}; "
+                             "change the per-rank rollout_batch_size or images_per_prompt (or the number of GPUs)")
+        return [list(range(b * step + self.rank * bs, b * step + (self.rank + 1) * bs)) for b in range(n)]
+
+    def batches(self, epoch: int, whole_groups: bool = False) -> list[list[int]]:
         """This rank's sampling batches (lists of prompt indices) for ``epoch``."""
-        samples = self.epoch_samples(epoch)
-        shard_len = len(samples) // self.world_size
-        shard = samples[self.rank * shard_len:(self.rank + 1) * shard_len]
-        return [shard[i:i + self.batch_size] for i in range(0, shard_len, self.batch_size)]
+        samples = self.epoch_samples(epoch, whole_groups)
+        return [[samples[i] for i in pos] for pos in self.batch_positions(whole_groups)]

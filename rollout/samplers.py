@@ -6,6 +6,8 @@
 - ``"dpm2"``: deterministic DPM-Solver++(2M) in data prediction (DiffusionNFT's default rollout).
 - ``"sde"``: FlowGRPO's SDE step with a Gaussian log-probability per step.
 - ``"cps"``: the coefficient-preserving SDE ("CPS") with its log-probability.
+- ``"sa"``: SA-Solver (stochastic Adams, data prediction, predictor 2 / corrector 2, PEC), AWM's rollout; noise
+  ``noise_level`` (tau) only where ``sa_window[0] <= t <= sa_window[1]``, a deterministic ODE solver at tau = 0.
 
 ``sde_window=(start, end)`` runs SDE/CPS only on steps ``start <= i < end`` and Euler elsewhere
 (Flow-GRPO-Fast). :func:`sample_branches` is TempFlow-GRPO's rollout: an ODE trunk with K SDE branches at each
@@ -20,7 +22,7 @@ from typing import Callable, Literal
 
 import torch
 
-Solver = Literal["euler", "dpm2", "sde", "cps"]
+Solver = Literal["euler", "dpm2", "sde", "cps", "sa"]
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 
@@ -149,6 +151,49 @@ def dpm2_step(x: torch.Tensor, d_now: torch.Tensor, d_prev: torch.Tensor | None,
     return (s_next / s) * x - alpha_next * (math.exp(-h) - 1) * d
 
 
+def sa_grid(sigmas: torch.Tensor) -> list[float]:
+    """SA-Solver's time grid from the standard sigma table (float32, as the reference edits it):
+    ``g_{N-1} = g_{N-2} / 2`` first, then ``g_0 = 0.999``, so the first evaluation is not at pure noise."""
+    g = torch.as_tensor(sigmas, dtype=torch.float32).clone()
+    if len(g) < 3:
+        raise ValueError(f"solver 'sa' needs at least 2 steps (a sigma table of 3 or more), got {len(g) - 1} steps")
+    g[-2] = g[-3] / 2
+    g[0] = 1 - 1e-3
+    return [float(v) for v in g]
+
+
+def sa_step(x: torch.Tensor, ds: list[torch.Tensor], nodes: list[float], s: float, t: float, tau: float,
+            noise: torch.Tensor, corrector: bool) -> torch.Tensor:
+    """One SA-Solver update from time ``s`` to ``t`` (data prediction), in float32 with float64 coefficients:
+
+        x' = e^{-tau^2 h} (t/s) x + k t e^{-tau^2 lambda(t)} sum_j c_j D_j + t sqrt(1 - e^{-2 tau^2 h}) xi,
+        c_j = int_{lambda(s)}^{lambda(t)} l_j(l) e^{k l} dl,   k = 1 + tau^2,   h = lambda(t) - lambda(s),
+
+    with ``l_j`` the Lagrange basis on the lambdas of ``nodes`` (the times of ``ds``, most recent first: the
+    predictor's last evaluated points, or the corrector's (t, s)). Written with ``u = l - lambda(t)``, c_j =
+    e^{k lambda(t)} C_j and ``k t e^{-tau^2 lambda(t)} e^{k lambda(t)} = k (1 - t)``, so every number stays O(1).
+    With two nodes, the few-step term (the reference's, O(h^3)) moves ``X`` from C_1 to C_0: predictor
+    ``X = (h^2/2 - E/k^2) / (lambda(s) - lambda(s_prev))``, corrector ``X = h/2 - E/(k^2 h)``, ``E = kh - 1 + e^{-kh}``.
+    """
+    lam = [_log_snr(v) for v in nodes]
+    lam_s, lam_t = _log_snr(s), _log_snr(t)
+    h, k = lam_t - lam_s, 1 + tau**2
+    m0 = -math.expm1(-k * h) / k  # int_{-h}^0 e^{ku} du
+    if len(ds) == 1:
+        c = [m0]
+    else:
+        a0, a1 = lam[0] - lam_t, lam[1] - lam_t
+        m1 = ((1 + k * h) * math.exp(-k * h) - 1) / k**2  # int_{-h}^0 u e^{ku} du
+        c = [(m1 - a1 * m0) / (a0 - a1), (m1 - a0 * m0) / (a1 - a0)]
+        e = k * h - 1 + math.exp(-k * h)
+        extra = h / 2 - e / (k**2 * h) if corrector else (h**2 / 2 - e / k**2) / (lam_s - lam[1])
+        c = [c[0] + extra, c[1] - extra]
+    out = math.exp(-tau**2 * h) * (t / s) * x.float()
+    for cj, dj in zip(c, ds):
+        out = out + (k * (1 - t) * cj) * dj
+    return out + (t * math.sqrt(-math.expm1(-2 * tau**2 * h))) * noise
+
+
 @dataclass
 class SampleOutput:
     """What a rollout returns. Trajectory fields are filled only when ``keep_trajectory`` is set."""
@@ -174,6 +219,7 @@ def sample(
     keep_trajectory: bool | None = None,
     latent_dtype: torch.dtype | None = None,
     keep_means: bool = False,
+    sa_window: tuple[float, float] = (0.3, 0.9),
 ) -> SampleOutput:
     """Integrate from ``x`` at ``sigmas[0]`` to ``sigmas[-1] = 0``.
 
@@ -181,9 +227,14 @@ def sample(
     ``sde_window`` only steps inside the window are stochastic. ``latent_dtype`` casts the latent fed to the
     model and to the next step (fp16 in the reference on GPU); step arithmetic stays float32. ``keep_means`` also
     keeps each step's mean (GRPO-Guard's old-policy means; a deterministic step's mean is its output).
+    ``"sa"`` takes the standard table and edits its grid itself (:func:`sa_grid`); ``sa_window`` is where its
+    stochasticity ``noise_level`` applies (elsewhere tau = 0).
     """
-    if solver not in ("euler", "dpm2", "sde", "cps"):
-        raise ValueError(f"unknown solver {solver!r}; choose euler, dpm2, sde or cps")
+    if solver not in ("euler", "dpm2", "sde", "cps", "sa"):
+        raise ValueError(f"unknown solver {solver!r}; choose euler, dpm2, sde, cps or sa")
+    if solver == "sa":
+        return _sample_sa(velocity_fn, x, sigmas, noise_level, generator, sa_window, bool(keep_trajectory),
+                          latent_dtype, keep_means)
     sig = [float(s) for s in sigmas]
     n = len(sig) - 1
     if keep_trajectory is None:
@@ -214,6 +265,50 @@ def sample(
         if keep_means:
             out.means.append(x_next if mean is None else mean)
         x_cur = x_next if latent_dtype is None else x_next.to(latent_dtype)
+    out.x0 = x_cur.float()
+    return out
+
+
+def _sample_sa(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, noise_level: float, generator,
+               sa_window: tuple[float, float], keep_trajectory: bool, latent_dtype: torch.dtype | None,
+               keep_means: bool) -> SampleOutput:
+    """SA-Solver in PEC mode on :func:`sa_grid` (the reference's loop): D_0 at (x, g_0); step 1 an order-1
+    predictor, evaluated, no corrector; steps 2..N-1 an order-2 predictor to x_p, D_i at (x_p, g_i), then an order-2
+    corrector from x_{i-1} with the same noise; step N returns D_{N-1}. N evaluations. One noise draw per loop
+    iteration, N + 1 in all (the first and last unused), whatever tau, so the draws follow the reference's."""
+    g = sa_grid(sigmas)
+    n = len(g) - 1
+    lo, hi = sa_window
+    out = SampleOutput(x0=x, sigmas=torch.as_tensor(sigmas, dtype=torch.float32))
+    cast = (lambda z: z) if latent_dtype is None else (lambda z: z.to(latent_dtype))  # noqa: E731
+
+    def data_pred(z: torch.Tensor, t: float) -> torch.Tensor:
+        return z.float() - t * velocity_fn(z, t).float()
+
+    x_cur = cast(x)
+    randn_like_per_sample(x_cur, generator)  # the reference's unused draw before the first evaluation
+    ds = [data_pred(x_cur, g[0])]
+    for i in range(1, n + 1):
+        noise = randn_like_per_sample(x_cur, generator)
+        tau = noise_level if i < n and lo <= g[i] <= hi else 0.0  # the last step returns D_{N-1}, noiseless
+        if i == n:
+            x_next = ds[-1]
+        elif i == 1:
+            x_next = sa_step(x_cur, ds, [g[0]], g[0], g[1], tau, noise, corrector=False)
+            ds.append(data_pred(cast(x_next), g[1]))
+        else:
+            x_p = sa_step(x_cur, [ds[-1], ds[-2]], [g[i - 1], g[i - 2]], g[i - 1], g[i], tau, noise, corrector=False)
+            ds.append(data_pred(cast(x_p), g[i]))
+            x_next = sa_step(x_cur, [ds[-1], ds[-2]], [g[i], g[i - 1]], g[i - 1], g[i], tau, noise, corrector=True)
+        if keep_trajectory:
+            out.latents.append(x_cur.float())
+            out.next_latents.append(x_next)
+            out.log_probs.append(torch.full((x.shape[0],), float("nan"), device=x.device))
+            out.stochastic.append(tau > 0)
+        if keep_means:
+            out.means.append(x_next)
+        x_cur = cast(x_next)
+        ds = ds[-2:]
     out.x0 = x_cur.float()
     return out
 

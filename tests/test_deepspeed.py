@@ -63,9 +63,12 @@ def test_zero_matches_ddp_and_resumes(tmp_path, ddp, stage, port):
     assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
     for i in a["state"]:
         assert float(b["state"][i]["step"]) == float(a["state"][i]["step"]) == 2
-        for key in ("exp_avg", "exp_avg_sq"):
+        # ZeRO sums the ranks' gradients in another order than the all-reduce (reduce-scatter, flat buffers): LoRA
+        # gradients are sums with cancellation, so an element can differ by ~1e-5 of the largest; exp_avg_sq holds
+        # squares, which double that relative difference
+        for key, tol in (("exp_avg", 2e-5), ("exp_avg_sq", 5e-5)):
             ref = a["state"][i][key]
-            torch.testing.assert_close(b["state"][i][key], ref, rtol=0, atol=1e-5 * float(ref.abs().max()) + 1e-30)
+            torch.testing.assert_close(b["state"][i][key], ref, rtol=0, atol=tol * float(ref.abs().max()) + 1e-30)
 
 
 def test_zero3_is_refused_with_a_way_out():

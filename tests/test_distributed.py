@@ -22,12 +22,15 @@ def _run(cmd: list[str], tmp: Path) -> None:
     assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-def test_two_ranks_match_one_process(tmp_path):
+def test_two_ranks_match_one_process(tmp_path, method="nft", port=29731, extra=()):
+    """NFT here; other methods' test files call this with their own ``method`` (and a free ``port``; ``extra``
+    overrides for both runs)."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    _run([sys.executable, "-m", "tests.dist_worker", str(tmp_path / "r1"), str(one), "rollout_batch_size=8"], tmp_path)
-    _run([torchrun, "--nproc_per_node", "2", "--master_port", "29731", "-m", "tests.dist_worker",
-          str(tmp_path / "r2"), str(two), "rollout_batch_size=4"], tmp_path)
+    _run([sys.executable, "-m", "tests.dist_worker", str(tmp_path / "r1"), str(one), f"method={method}",
+          "rollout_batch_size=8", *extra], tmp_path)
+    _run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), "-m", "tests.dist_worker",
+          str(tmp_path / "r2"), str(two), f"method={method}", "rollout_batch_size=4", *extra], tmp_path)
     a, b = torch.load(one), torch.load(two)
     assert a["default"].keys() == b["default"].keys() and len(a["default"]) > 0
     for name in ("default", "ema"):

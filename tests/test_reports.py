@@ -79,11 +79,13 @@ def test_speedup_needs_two_methods_and_curves(tmp_path):
 
 def test_published_csvs_are_labelled_data():
     published = load_published()
-    assert set(published["confidence"]) <= {"exact", "transcribed", "read-off-plot"}
+    assert set(published["confidence"]) <= {"exact", "transcribed", "read-off-plot", "third party"}
     assert published["source"].notna().all() and published["metric"].notna().all()
     files = set(published["file"])
     assert {"diffusionnft_table1.csv", "diffusionnft_single_reward.csv", "head_to_head_efficiency.csv",
-            "flowgrpo_table2.csv", "flowgrpo_geneval_tasks.csv"} <= files
+            "flowgrpo_table2.csv", "flowgrpo_geneval_tasks.csv", "awm.csv", "dgpo.csv"} <= files
+    dgpo = published[(published["file"] == "dgpo.csv") & (published["metric"] == "geneval")]
+    assert dict(zip(dgpo["model"], dgpo["value"])) == {"SD3.5-M": 0.63, "Flow-GRPO": 0.95, "DGPO": 0.97}
     single = published[(published["model"] == "DiffusionNFT (GenEval)") & (published["metric"] == "geneval")]
     assert single["value"].tolist() == [0.98]
 

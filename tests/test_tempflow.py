@@ -196,7 +196,9 @@ def test_rank_shard_reproduces_its_rows_of_the_whole_epoch(tmp_path):
     two.close()
     rows = slice(len(whole) // 2, len(whole))
     assert torch.equal(half.sample_ids, whole.sample_ids[rows]) and half.prompts == whole.prompts[rows]
-    close = lambda a, b: torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # noqa: E731 (equal when written)
+    # equal on one thread; with several, BLAS blocks a batch of 4 differently from one of 8, and float32 rounding
+    # moves latents by a few 1e-6 (measured 2.4e-6 in CI on 2 threads)
+    close = lambda a, b: torch.testing.assert_close(a, b, atol=2e-5, rtol=0)  # noqa: E731
     for name in ("latents", "next_latents", "log_probs"):
         close(getattr(half, name), getattr(whole, name)[rows])
     close(half.rewards["avg"], whole.rewards["avg"][rows])

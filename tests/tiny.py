@@ -17,5 +17,7 @@ def tiny_config(method: str, out, *extra: str, epochs: int = 2, seed: int = 0):
     overrides = ["resolution=16", "prompts_per_epoch=4", "images_per_prompt=4", "rollout_batch_size=8",
                  "eval_every=0", "reward=brightness", "nft.num_steps=4", "flowgrpo.num_steps=4", "cfg.num_steps=4",
                  "nft.train_batch_size=8", "flowgrpo.train_batch_size=8", "lora.rank=4", "lora.alpha=8",
+                 "awm.num_steps=6", "awm.train_timesteps=2", "awm.train_batch_size=4",
+                 "dgpo.num_steps=4", "dgpo.trunc_steps=3", "dgpo.num_train_timesteps=2", "dgpo.train_batch_size=8",
                  "tensorboard=false", "reward_workers=1", f"out={out}", *extra]
     return resolve({"method": method, "seed": seed, "epochs": epochs}, None, overrides)
