@@ -212,8 +212,8 @@ def published_table(published: pd.DataFrame) -> pd.DataFrame:
         label="published: " + published["source"] + ", " + published["confidence"],
     )
     index = ["label", "model", "iters", "reward"]
-    table = rows.fillna({"iters": "", "reward": ""}).pivot_table(index=index, columns="column", values="cell",
-                                                                 aggfunc="first", sort=False)
+    rows = rows.astype({"iters": object, "reward": object}).fillna({"iters": "", "reward": ""})
+    table = rows.pivot_table(index=index, columns="column", values="cell", aggfunc="first", sort=False)
     table.columns.name = None
     return table.reset_index()
 
