@@ -12,7 +12,9 @@ writes PNG plots and ``report.md``:
    (:mod:`reports.claims`).
 3. **Published numbers**, one table per source, never mixed with measured rows: a toy-world number and an
    SD3.5-M number never share a table.
-4. **Ablations** (runs with an ``ablation`` label under ``<results>``), and the list of runs.
+4. **Ablations** (runs with an ``ablation`` label under ``<results>``, and the runs of ``<results>/ablations``):
+   the papers' findings beside the measured effects (:mod:`reports.ablations`), a panel per ablation family; and the
+   list of runs.
 
 Grouping (which runs are seeds of one curve, repeats), clocks and labels: :mod:`reports.groups`; targets,
 censoring and the bootstrap: :mod:`reports.speedup`. Curves: thin lines per seed, a thick mean over seeds on a
@@ -35,6 +37,7 @@ import pandas as pd  # noqa: E402
 
 from bench.cli import at_least, existing_dir  # noqa: E402
 from bench.records import load_results  # noqa: E402
+from reports.ablations import family_panels, findings_table  # noqa: E402
 from reports.claims import claims_section  # noqa: E402
 from reports.groups import CLOCK_CHOICES, EPOCHS, Clock, Group, Panel, clock_length, panels, run_table  # noqa: E402
 from reports.markdown import fmt, markdown_table  # noqa: E402,F401  (fmt, markdown_table: public here too)
@@ -226,17 +229,36 @@ def published_section(published: pd.DataFrame) -> list[str]:
     return lines if len(published) else lines + ["_No published CSVs found._", ""]
 
 
-def ablation_section(df: pd.DataFrame, runs: pd.DataFrame, out: Path, clock: str) -> list[str]:
-    """Runs with an ablation label, one group per setting, against epochs and against the clock."""
+def ablation_section(df: pd.DataFrame, runs: pd.DataFrame, out: Path, clock: str, n_boot: int = 2000) -> list[str]:
+    """Runs with an ablation label: per (world, reward) the findings table (the papers' ablations, measured effect,
+    reproduced or not; :mod:`reports.ablations`), one panel per ablation family against the clock, and one panel of
+    the remaining labelled runs (e.g. tuning trials) against epochs and the clock."""
     lines = ["## Ablations", ""]
     labelled = df[df["ablation"].notna()] if "ablation" in df.columns else df.iloc[0:0]
     if labelled.empty:
         return lines + ["_No runs carry an `ablation` label._", ""]
     for panel in panels(labelled, runs, clock):
         part = labelled[(labelled["world"] == panel.world) & (labelled["reward"] == panel.reward)]
-        path = out / f"ablation_{slug(panel.world)}_{slug(panel.reward)}.png"
-        plot_panel(part, panel, path, f"ablations, {panel.reward} ({panel.world})", clocks=(EPOCHS, None))
-        lines += [f"![{path.stem}]({path.name})", ""] + repeats_lines([panel])
+        where = f"{slug(panel.world)}_{slug(panel.reward)}"
+        table = findings_table(part, panel, n_boot)
+        if not table.empty:
+            lines += [f"### {panel.reward} ({panel.world}): the papers' ablations", "",
+                      f"Effect on `{panel.metric}` at each run's final evaluation (mean over seeds), 95 % bootstrap "
+                      "interval over seeds; reproduced = the interval lies on the paper's side of 0.", "",
+                      markdown_table(table), ""]
+        families = family_panels(panel)
+        for family, fpanel in families.items():
+            path = out / f"ablation_{where}_{slug(family)}.png"
+            plot_panel(part, fpanel, path, f"{family}, {panel.reward} ({panel.world}); thin = seeds, thick = mean")
+            lines += [f"![{family}]({path.name})", ""]
+        in_family = {g.label for fp in families.values() for g in fp.groups}
+        rest = [g for g in panel.groups if g.label not in in_family]
+        if rest:
+            other = Panel(panel.world, panel.reward, panel.clock, panel.metric, rest)
+            path = out / f"ablation_{where}.png"
+            plot_panel(part, other, path, f"ablations, {panel.reward} ({panel.world})", clocks=(EPOCHS, None))
+            lines += [f"![{path.stem}]({path.name})", ""]
+        lines += repeats_lines([panel])
     return lines + [""]
 
 
@@ -257,7 +279,8 @@ def runs_table(df: pd.DataFrame, runs: pd.DataFrame, clock: str) -> pd.DataFrame
 def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_dir: Path | str = PUBLISHED_DIR,
           clock: str = "auto", headline: Path | str | None = None, monotone: bool = False) -> Path:
     """Write the plots and ``report.md`` into ``out``; returns the report path. ``headline`` defaults to
-    ``<results>/headline`` (skipped when it holds no runs)."""
+    ``<results>/headline`` (skipped when it holds no runs); the ablation section reads the labelled runs of
+    ``<results>`` and every run of ``<results>/ablations``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     headline = Path(results) / "headline" if headline is None else Path(headline)
@@ -281,9 +304,13 @@ def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_di
         lines += [f"{df['run_id'].nunique() - main_df['run_id'].nunique()} runs carry an `ablation` label: "
                   "they appear only under Ablations.", ""]
     lines += published_section(published)
-    lines += ablation_section(df, runs, out, clock)
+    abl_root = Path(results) / "ablations"
+    abl = load_results(abl_root) if abl_root.is_dir() else df.iloc[0:0]
+    abl_runs = run_table(abl, abl_root if abl_root.is_dir() else None)
+    lines += ablation_section(pd.concat([df, abl], ignore_index=True), pd.concat([runs, abl_runs], ignore_index=True),
+                              out, clock, n_boot)
     lines += ["## Runs", ""]
-    for frame, frame_runs, root in ((head, head_runs, headline), (df, runs, results)):
+    for frame, frame_runs, root in ((head, head_runs, headline), (df, runs, results), (abl, abl_runs, abl_root)):
         if not frame.empty:
             lines += [f"`{root}`:", "", markdown_table(runs_table(frame, frame_runs, clock)), ""]
     report = out / "report.md"

@@ -1,0 +1,163 @@
+"""The papers' ablations beside ours: one panel per ablation family and a findings table.
+
+Runs carry an ``ablation`` label (``ablation=<label>`` on the command line; `experiments/ablations.txt`):
+``"<family>: <variant>"`` for a changed setting (``"nft sampler: SDE"``) and ``"<method> preset"`` for the runs of
+the unchanged preset that every family of that method is compared with (``"nft preset"``). A family's panel holds
+its variants and its reference; the findings table compares each variant with its reference at the final
+evaluation:
+
+    effect = mean over the variant's seeds of their last evaluation - the same for the reference
+    95 % interval: bootstrap over the seeds of each side (independently)
+    reproduced: "yes" when the interval lies on the paper's side of 0, "no" when it lies on the other side,
+                "inconclusive at this budget" when it contains 0, "no claim" when the paper states none.
+
+A finding is never adjusted to agree with the paper: :data:`FINDINGS` holds the papers' statements as written in
+``../shared/spec/`` (source given per row), and the verdict is computed only from the records.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from reports.groups import Group, Panel
+from reports.speedup import group_curves
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One ablation the papers report, as a comparison of two labelled groups of runs."""
+
+    family: str
+    """Panel it is drawn in, e.g. "nft sampler"."""
+    variant: str
+    """Ablation label of the changed runs, e.g. "nft sampler: SDE"."""
+    reference: str
+    """Ablation label of the runs it is compared with, e.g. "nft preset"."""
+    claim: str
+    """The paper's stated finding, in words."""
+    direction: int | None
+    """The paper's side: -1 the variant is worse than the reference, +1 better, None no stated claim."""
+    source: str
+    """Where the claim is written."""
+
+
+NFT_SPEC = "DiffusionNFT paper, as recorded in ../shared/spec/diffusionnft.md (Ablations)"
+FINDINGS: tuple[Finding, ...] = (
+    Finding("nft sampler", "nft sampler: 1st-order ODE", "nft preset",
+            "2nd-order ODE > 1st-order ODE > SDE (2nd-order slightly ahead on GenEval)", -1, NFT_SPEC),
+    Finding("nft sampler", "nft sampler: SDE", "nft preset", "2nd-order ODE > 1st-order ODE > SDE", -1, NFT_SPEC),
+    Finding("nft decay", "nft decay: d = 0 (on-policy)", "nft preset", "d = 0 (fully on-policy) collapses", -1,
+            NFT_SPEC),
+    Finding("nft decay", "nft decay: constant 0.9", "nft preset", "a constant 0.9 barely learns", -1, NFT_SPEC),
+    Finding("nft decay", "nft decay: reference schedule", "nft preset",
+            "none: the reference's min(0.001 s, 0.5); the shapes preset ramps 10x faster (docs/tuning.md)", None,
+            "bench/config.py SHAPES_PRESET"),
+    Finding("nft negative branch", "nft negative branch: removed", "nft preset",
+            "removing the negative branch collapses", -1, NFT_SPEC),
+    Finding("nft weighting", "nft weighting: w = 1 - t", "nft preset", "w = 1 - t collapses; adaptive is best", -1,
+            NFT_SPEC),
+    Finding("nft weighting", "nft weighting: velocity MSE", "nft preset", "adaptive weighting is best", -1, NFT_SPEC),
+    Finding("nft beta", "nft beta: 0.1", "nft preset", "beta 1.0 best (0.01 unstable, 10 slow)", -1, NFT_SPEC),
+    Finding("nft cfg", "nft cfg: CFG 4.5 at rollout", "nft preset",
+            "none stated: DiffusionNFT trains CFG-free (its rollout has no CFG)", None, NFT_SPEC),
+    Finding("flowgrpo kl", "flowgrpo kl: 0", "flowgrpo preset",
+            "none stated for accuracy: the KL term guards image quality against reward hacking", None,
+            "FlowGRPO paper (arXiv 2505.05470); not recorded in ../shared/spec"),
+    Finding("flowgrpo noise", "flowgrpo noise: a = 0.3", "flowgrpo preset", "none recorded in ../shared/spec", None,
+            "../shared/spec/flowgrpo.md"),
+    Finding("flowgrpo noise", "flowgrpo noise: a = 1.0", "flowgrpo preset", "none recorded in ../shared/spec", None,
+            "../shared/spec/flowgrpo.md"),
+    Finding("flowgrpo timesteps", "flowgrpo timesteps: all 9 steps", "flowgrpo preset",
+            "none recorded in ../shared/spec (Flow-GRPO-Fast trains a window of 2-3 steps)", None,
+            "../shared/spec/flowgrpo.md"),
+    Finding("flowgrpo timesteps", "flowgrpo timesteps: Fast (CPS window of 3)", "flowgrpo preset",
+            "none recorded in ../shared/spec", None, "../shared/spec/flowgrpo.md"),
+)
+
+
+def finals(df: pd.DataFrame, group: Group, metric: str, panel: Panel) -> np.ndarray:
+    """Each seed's last evaluation of ``metric``."""
+    return np.array([y[-1] for _, y in group_curves(df, group, metric, panel.clock)])
+
+
+def effect(variant: np.ndarray, reference: np.ndarray, n_boot: int = 2000, seed: int = 0, ci: float = 0.95
+           ) -> tuple[float, float, float]:
+    """(mean difference, interval low, interval high); the interval is nan with fewer than 2 seeds a side."""
+    point = float(variant.mean() - reference.mean())
+    if min(len(variant), len(reference)) < 2:
+        return point, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    diffs = (variant[rng.integers(0, len(variant), (n_boot, len(variant)))].mean(1)
+             - reference[rng.integers(0, len(reference), (n_boot, len(reference)))].mean(1))
+    low, high = np.quantile(diffs, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return point, float(low), float(high)
+
+
+def verdict(direction: int | None, low: float, high: float) -> str:
+    """yes / no / inconclusive at this budget / no claim (module docstring)."""
+    if direction is None:
+        return "no claim"
+    if math.isnan(low):
+        return "inconclusive at this budget (1 seed)"
+    if low > 0 or high < 0:
+        return "yes" if (low > 0) == (direction > 0) else "no"
+    return "inconclusive at this budget"
+
+
+def labelled(panel: Panel) -> dict[str, Group]:
+    """Ablation label -> its group (the first, where settings split one label)."""
+    out: dict[str, Group] = {}
+    for group in panel.trained:
+        if group.ablation is not None:
+            out.setdefault(group.ablation, group)
+    return out
+
+
+def family_of(label: str) -> str | None:
+    """``"nft sampler: SDE"`` -> ``"nft sampler"``; a reference label has no family."""
+    return label.split(": ", 1)[0] if ": " in label else None
+
+
+def findings_table(df: pd.DataFrame, panel: Panel, n_boot: int = 2000) -> pd.DataFrame:
+    """One row per finding whose variant and reference both ran in ``panel``, then one per other labelled variant
+    (no claim), with the measured effect on the panel's metric."""
+    groups = labelled(panel)
+    rows = []
+    known = {f.variant: f for f in FINDINGS}
+    extra = [Finding(family_of(label) or label, label, f"{label.split()[0]} preset", "none recorded", None, "")
+             for label in groups if family_of(label) and label not in known]
+    for finding in [*FINDINGS, *extra]:
+        var, ref = groups.get(finding.variant), groups.get(finding.reference)
+        if var is None or ref is None or not panel.metric:
+            continue
+        a, b = finals(df, var, panel.metric, panel), finals(df, ref, panel.metric, panel)
+        if not len(a) or not len(b):
+            continue
+        point, low, high = effect(a, b, n_boot)
+        point, low, high = (round(v, 3) + 0.0 for v in (point, low, high))  # + 0.0: no "-0.000"
+        interval = "" if math.isnan(low) else f" [{low:+.3f} .. {high:+.3f}]"
+        rows.append({"ablation": finding.variant, "vs": finding.reference, "paper's finding": finding.claim,
+                     "measured effect (final, variant - reference)": f"{point:+.3f}{interval}",
+                     "seeds": f"{len(a)} / {len(b)}", "reproduced": verdict(finding.direction, low, high),
+                     "source": finding.source})
+    return pd.DataFrame(rows)
+
+
+def family_panels(panel: Panel) -> dict[str, Panel]:
+    """Family -> a panel of its variants and the references they are compared with."""
+    groups = labelled(panel)
+    refs = {f.variant: f.reference for f in FINDINGS}
+    out: dict[str, Panel] = {}
+    for label, group in groups.items():
+        family = family_of(label)
+        if family is None:
+            continue
+        members = out.setdefault(family, Panel(panel.world, panel.reward, panel.clock, panel.metric, [])).groups
+        reference = groups.get(refs.get(label, f"{label.split()[0]} preset"))
+        for g in (reference, group):
+            if g is not None and g not in members:
+                members.append(g)
+    return out
