@@ -33,7 +33,8 @@ class RunConfig:
     """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, grpo-guard, tempflow-grpo, awm, dgpo,
     dgpo-wocfg, dgpo-wocfg-emaref, cfg."""
     world: str = "shapes"
-    """"shapes" (built-in CPU world) or a path / hub id of an SD3 pipeline (paper scale)."""
+    """"shapes" (built-in CPU world) or a path / hub id of a saved pipeline of any family (paper scale: SD3 / SD3.5,
+    FLUX.1, FLUX.2 klein, Qwen-Image, Z-Image; see rollout.families)."""
     task: Task = "geneval"
     """Paper preset (prompt sets and hyperparameters) used at paper scale."""
     reward: str = "geneval"

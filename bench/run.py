@@ -23,8 +23,9 @@ from bench.records import check_run_id
 
 FLAGS = {
     # flag: (config key, type, help)
-    "world": ("world", str, "World: 'shapes' (built-in CPU testbed, default) or a path / hub id of an SD3 pipeline "
-                            "such as stabilityai/stable-diffusion-3.5-medium for paper-scale runs."),
+    "world": ("world", str, "World: 'shapes' (built-in CPU testbed, default) or a path / hub id of a saved pipeline "
+                            "(SD3 / SD3.5, FLUX.1, FLUX.2 klein, Qwen-Image, Z-Image) such as "
+                            "stabilityai/stable-diffusion-3.5-medium for paper-scale runs."),
     "task": ("task", str, "Paper preset (prompt sets and hyperparameters): geneval, ocr, pickscore, hpsv2 or "
                           "multi_reward. Ignored by the shapes world, which has its own tuned preset."),
     "reward": ("reward", str, "Reward name or weighted spec such as 'pickscore:1,hpsv2:1'; paper names are mapped to "
@@ -67,7 +68,7 @@ LIMITS: dict[str, tuple[float, str]] = {
     "checkpoint_every": (1, "the number of epochs between checkpoints, at least 1"),
     "reward_workers": (1, "the number of reward threads, at least 1"),
 }
-PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")  # a prompt setting ending so names a file (bench.worlds.World.prompts)
+PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")  # a prompt setting ending so names a file (worlds.base.World.prompts)
 
 
 def method_list(text: str) -> list[str]:

@@ -26,14 +26,13 @@ from bench.config import RunConfig
 from bench.eval import EvalConfig, evaluate
 from bench.progress import RunBar, phase_bar
 from bench.records import RunRecorder, compact_run, make_run_id
-from bench.worlds import load_world
+from worlds import load_world
 from methods import registry
 from methods.base import RolloutBatch, derive_seed, sample_generators
 from rewards import AsyncRewards, build_reward
 from rollout import lora
 from rollout.prompts import GroupedSampler
 from rollout.samplers import branch_cost, sample, sample_branches
-from rollout.schedule import sigmas_from_scheduler
 
 
 def world_info() -> tuple[int, int]:
@@ -224,7 +223,8 @@ class Trainer:
 
     def rollout(self, epoch: int) -> tuple[RolloutBatch, dict[str, float]]:
         spec = self.method.rollout_spec(epoch)
-        sig = sigmas_from_scheduler(self.policy.scheduler, spec.num_steps) if spec.sigmas is None else spec.sigmas
+        sig = (self.policy.sigmas(spec.num_steps, self.resolution, self.resolution) if spec.sigmas is None
+               else spec.sigmas)
         if len(sig) != spec.num_steps + 1:
             raise ValueError(f"RolloutSpec.sigmas has {len(sig)} entries for {spec.num_steps} steps: give num_steps "
                              "+ 1")
@@ -297,7 +297,10 @@ class Trainer:
         return velocity
 
     def _latent_dtype(self):
-        return torch.float16 if self.device.type == "cuda" else None
+        """The latents' dtype between sampler steps on GPU: fp16 (the references), bf16 for a bf16-autocast family."""
+        if self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if self.policy.options.autocast_dtype == torch.bfloat16 else torch.float16
 
     def _sample(self, spec, sig, x, g, part: "SampledPart") -> "SampledPart":
         """One sampling batch on the method's solver; its images go to the reward workers at once."""

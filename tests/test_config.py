@@ -5,7 +5,7 @@ import pytest
 
 from bench.config import SHAPES_PRESET, RunConfig, resolve
 from bench.run import main as run_main
-from bench.worlds import load_world
+from worlds import load_world
 from rollout.prompts import PromptFileError
 
 
