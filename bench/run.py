@@ -30,6 +30,8 @@ FLAGS = {
                           "multi_reward. Ignored by the shapes world, which has its own tuned preset."),
     "reward": ("reward", str, "Reward name or weighted spec such as 'pickscore:1,hpsv2:1'; paper names are mapped to "
                               "the world's implementation (geneval -> shapes_geneval in the shapes world)."),
+    "eval-reward": ("eval_reward", str, "Reward that scores evaluation images, e.g. 'brightness' for a tiny model; "
+                                        "by default the world's GenEval."),
     "epochs": ("epochs", int, "Maximum number of epochs per run; every method gets the same value."),
     "budget-wall-s": ("budget_wall_s", float, "Equal wall-clock budget per run in seconds of rollout, reward and "
                                               "training (evaluation excluded); 0 means no limit."),
@@ -130,6 +132,8 @@ def check_config(cfg: RunConfig) -> None:
         if complaint:
             raise ValueError(f"{setting_name(key)}: {complaint}")
     checks = [("world", check_world), ("reward", parse_reward_spec)]
+    if cfg.eval_reward:  # empty: the world's own evaluation reward
+        checks.append(("eval_reward", parse_reward_spec))
     if cfg.run_id:  # empty: the trainer makes a new one
         checks.append(("run_id", check_run_id))
     for key, check in checks:

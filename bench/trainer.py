@@ -200,8 +200,9 @@ class Trainer:
         t0 = time.perf_counter()
         ctx = self.method.eval_context() if self.method.trains else contextlib.nullcontext()
         with ctx, torch.no_grad():
-            result = evaluate(self.policy, self.test_set, self.world.eval_reward(), self.eval_cfg,
-                              progress=self.rank == 0)
+            reward = (build_reward(self.world.reward_spec(self.cfg.eval_reward)) if self.cfg.eval_reward
+                      else self.world.eval_reward())
+            result = evaluate(self.policy, self.test_set, reward, self.eval_cfg, progress=self.rank == 0)
         rep = result["report"]
         out = {}
         if "per_image_mean" in rep:

@@ -62,6 +62,12 @@ def detect_family(path_or_id: str | Path) -> str | None:
     return HUB_IDS.get(str(path_or_id))
 
 
+def is_distilled(path_or_id: str | Path) -> bool:
+    """Whether a saved pipeline says it is step-distilled (FLUX.2 klein's ``is_distilled``, in model_index.json)."""
+    index = Path(path_or_id).expanduser() / "model_index.json"
+    return index.is_file() and bool(json.loads(index.read_text()).get("is_distilled", False))
+
+
 def _hub_family(hub_id: str) -> str | None:
     """The family of a hub id from its ``model_index.json`` (the hub cache offline); None when it cannot be read."""
     if Path(hub_id).exists() or hub_id.count("/") != 1:
