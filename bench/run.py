@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     from bench.distributed import init_distributed, local_device
     from bench.progress import interactive, library_progress_bars
-    from bench.trainer import Trainer
+    from bench.trainer import Trainer, headline_eval
 
     library_progress_bars(interactive())  # model-loading bars only on a terminal, not in a log file
     # torchrun / submitit: join the process group before any Trainer exists; each rank trains on its own GPU
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         summaries.append(result)
     print("\nsummary (final evaluation, strict GenEval accuracy where available):")
     for r in summaries:
-        score = r["final"].get("eval/strict_accuracy", r["final"].get("eval/avg_mean", float("nan")))
+        score = headline_eval(r["final"])
+        score = float("nan") if score is None else score
         print(f"  {r['method']:14s} seed {r['seed']}  epochs {r['epochs']:4d}  train wall {r['wall_s']:7.1f} s  "
               f"final {score:.4f}  -> {configs[0].out}/{r['run_id']}")
     if not args.no_report and rank == 0:  # one writer for the report folder

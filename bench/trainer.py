@@ -79,8 +79,9 @@ class SampledPart:
 
 
 def headline_eval(values: dict[str, float]) -> float | None:
-    """The evaluation number a progress line shows: strict GenEval accuracy, else the mean evaluation reward."""
-    return values.get("eval/strict_accuracy", values.get("eval/avg_mean"))
+    """The evaluation number a progress line shows: strict GenEval accuracy, else the mean evaluation reward (the
+    weighted average of an ``eval_reward`` spec: ``eval/avg``)."""
+    return values.get("eval/strict_accuracy", values.get("eval/avg_mean", values.get("eval/avg")))
 
 
 class Trainer:
