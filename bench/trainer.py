@@ -35,6 +35,10 @@ from rollout.prompts import GroupedSampler
 from rollout.samplers import branch_cost, sample, sample_branches
 
 
+PRECISION = {torch.float16: "fp16-autocast", torch.bfloat16: "bf16-autocast"}
+"""How a run's meta.json names its autocast dtype (none: "fp32")."""
+
+
 def world_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
@@ -128,8 +132,8 @@ class Trainer:
         if self.rank == 0:
             meta = {"method": cfg.method, "world": self.world.name, "reward": cfg.reward, "seed": cfg.seed,
                     "config": asdict(cfg), "ablation": cfg.ablation or None, "world_size": self.world_size,
-                    "device": str(self.device), "precision": "fp16-autocast" if self.policy.options.autocast_dtype
-                    else "fp32", "reward_spec": self.reward_spec}
+                    "device": str(self.device), "precision": PRECISION.get(self.policy.options.autocast_dtype, "fp32"),
+                    "reward_spec": self.reward_spec}
             self.recorder = RunRecorder(cfg.out, self.run_id, meta)
             self._note_resume_changes(meta["config"])
             self.writer = self._live_writer()

@@ -23,6 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 
 from rollout.families.base import FlowPolicy, ModelLoadError, PolicyOptions, TimestepMode, check_model_dir
 from rollout.lora import LoraOptions
+from rollout.schedule import to_timestep  # noqa: F401  (importable from here, as before the families)
 from rollout.text import build_word_tokenizer
 
 __all__ = ["ModelLoadError", "PolicyOptions", "T2IPolicy", "TimestepMode", "build_tiny_sd3", "tiny_clip"]

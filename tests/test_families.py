@@ -133,11 +133,32 @@ def test_one_epoch_of_nft_and_flowgrpo_through_the_trainer(saved, variant, tmp_p
 
 def test_a_directory_of_an_unknown_family_names_the_file_and_the_families(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    known = r"known pipelines: StableDiffusion3Pipeline \(sd3\), FluxPipeline \(flux\)"
     with pytest.raises(ModelLoadError, match=r"model_index.json: _class_name 'WanPipeline' is not a known model "
-                                             r"family; known pipelines: StableDiffusion3Pipeline \(sd3\), FluxPipeline"):
+                                             r"family; " + known):
         load_policy(tmp_path)
     from bench.cli import check_world
 
     with pytest.raises(ValueError, match="WanPipeline"):
         check_world(str(tmp_path))
     assert set(FAMILIES) == {"sd3", "flux", "flux2-klein", "qwen-image", "z-image"}
+
+
+def test_family_presets_follow_the_reference_configs(saved):
+    """Paper-scale presets per family: FlowGRPO's FLUX.1-dev and Qwen-Image configs, the family's LoRA targets, no
+    CFG for a step-distilled FLUX.2 klein; SD3 worlds are untouched."""
+    flux = resolve({"method": "flowgrpo", "world": str(saved("flux-dev")), "task": "pickscore"}, None, [])
+    assert (flux.flowgrpo.num_steps, flux.eval_steps, flux.flowgrpo.guidance) == (6, 28, 1.0)
+    assert flux.rollout_batch_size == flux.flowgrpo.train_batch_size == 3
+    assert (flux.lora.rank, flux.lora.alpha, flux.flowgrpo.kl_beta, flux.flowgrpo.noise_level) == (64, 128, 0.0, 0.9)
+    assert "ff_context.net.2" in flux.lora.target_modules
+    fast = resolve({"method": "flowgrpo-fast", "world": str(saved("flux-dev")), "task": "geneval"}, None, [])
+    assert (fast.flowgrpo.solver, fast.flowgrpo.noise_level, fast.flowgrpo.sde_window) == ("cps", 0.8, 3)
+    qwen = resolve({"method": "flowgrpo", "world": str(saved("qwen-image")), "task": "pickscore"}, None, [])
+    assert (qwen.prompts_per_epoch, qwen.images_per_prompt, qwen.flowgrpo.guidance, qwen.flowgrpo.sde_window,
+            qwen.flowgrpo.noise_level, qwen.eval_steps) == (32, 16, 4.0, 2, 1.2, 50)
+    klein = resolve({"method": "flowgrpo", "world": str(saved("flux2-klein-distilled"))}, None, [])
+    assert klein.flowgrpo.guidance == 1.0 and "attn.to_qkv_mlp_proj" in klein.lora.target_modules
+    assert resolve({"method": "flowgrpo", "world": str(saved("flux2-klein"))}, None, []).flowgrpo.guidance == 4.5
+    sd3 = resolve({"method": "flowgrpo", "world": "stabilityai/stable-diffusion-3.5-medium"}, None, [])
+    assert sd3.lora.target_modules == lora.LoraOptions().target_modules and sd3.flowgrpo.num_steps == 10

@@ -30,7 +30,6 @@ import torch
 from rollout.schedule import sigmas_from_scheduler, to_timestep
 
 TimestepMode = Literal["int", "float"]
-Cond = tuple[torch.Tensor, torch.Tensor]
 
 
 class ModelLoadError(FileNotFoundError):
@@ -179,12 +178,12 @@ class FlowPolicy:
         return t
 
     # ----------------------------------------------------------------- text
-    def encode_uncached(self, prompts: list[str]) -> Cond:
+    def encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(embeds [B, L, D], aux [B, ...])`` through the family pipeline's own encoder code, with grad."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> Cond:
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached per prompt: text encoders are frozen during RL. Float32 on the policy's device.
 
         A prompt missing from the cache is encoded alone (a batch of one), never together with the other missing
@@ -222,8 +221,8 @@ class FlowPolicy:
         """The transformer's output as ``v ~ eps - x0`` (float32); Z-Image predicts its negative."""
         return out.float()
 
-    def velocity(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Cond,
-                 guidance: float = 1.0, neg: Cond | None = None,
+    def velocity(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor],
+                 guidance: float = 1.0, neg: tuple[torch.Tensor, torch.Tensor] | None = None,
                  integer_timestep: bool | None = None, detach_uncond: bool = False,
                  timestep: torch.Tensor | int | float | None = None) -> torch.Tensor:
         """Predicted velocity ``v ~ eps - x0`` at ``(x, sigma)``; float32 output.
