@@ -77,8 +77,18 @@ def output_file(text: str) -> Path:
 
 
 def check_world(world: str) -> None:
-    """Refuse a world that is neither the built-in ``shapes``, an existing folder nor a hub id."""
-    if world == "shapes" or Path(world).is_dir() or HUB_ID.match(world):
+    """Refuse a world that is neither the built-in ``shapes``, an existing folder nor a hub id, and a folder whose
+    ``model_index.json`` names a pipeline of no known family."""
+    if world == "shapes" or HUB_ID.match(world):
         return
-    raise ValueError(f"world {world!r} is not 'shapes', an existing folder of an SD3 pipeline or a hub id: fix the "
-                     "path, or give a hub id such as stabilityai/stable-diffusion-3.5-medium")
+    if Path(world).is_dir():
+        from rollout.families import ModelLoadError, detect_family
+
+        try:
+            detect_family(world)
+        except ModelLoadError as err:
+            raise ValueError(str(err)) from None
+        return
+    raise ValueError(f"world {world!r} is not 'shapes', an existing folder of a saved pipeline (SD3, FLUX.1, FLUX.2 "
+                     "klein, Qwen-Image, Z-Image) or a hub id: fix the path, or give a hub id such as "
+                     "stabilityai/stable-diffusion-3.5-medium")

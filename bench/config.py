@@ -33,7 +33,8 @@ class RunConfig:
     """Method name (see methods.registry): nft, flowgrpo, flowgrpo-fast, grpo-guard, tempflow-grpo, awm, dgpo,
     dgpo-wocfg, dgpo-wocfg-emaref, cfg."""
     world: str = "shapes"
-    """"shapes" (built-in CPU world) or a path / hub id of an SD3 pipeline (paper scale)."""
+    """"shapes" (built-in CPU world) or a path / hub id of a saved pipeline of any family (paper scale: SD3 / SD3.5,
+    FLUX.1, FLUX.2 klein, Qwen-Image, Z-Image; see rollout.families)."""
     task: Task = "geneval"
     """Paper preset (prompt sets and hyperparameters) used at paper scale."""
     reward: str = "geneval"
@@ -43,6 +44,9 @@ class RunConfig:
     (``*.jsonl`` GenEval metadata, ``*.txt`` one prompt per line); empty = the world's training set."""
     test_prompts: str = ""
     """Evaluation prompts, same forms as ``train_prompts``; empty = the world's test set."""
+    eval_reward: str = ""
+    """Reward spec that scores the evaluation images (e.g. "brightness" for a tiny model); empty = the world's
+    evaluation reward (GenEval: the shapes world's detector, or Mask2Former + CLIP at paper scale)."""
     seed: int = 0
     epochs: int = 60
     """Maximum epochs; the run also stops at a wall-clock or device-hour budget."""
@@ -137,6 +141,54 @@ PAPER_COMMON = {"prompts_per_epoch": 48, "images_per_prompt": 24, "rollout_batch
                 "eval_every": 10, "checkpoint_every": 1, "cfg.num_steps": 40}
 
 
+# Model-family settings on top of the paper preset ("paper": every task, then the task itself), for the families the
+# FlowGRPO reference has configs for (yifan123/flow_grpo config/grpo.py, commit 31c71b9; line numbers are not given
+# because the stored copy we read is not numbered: the functions are named instead). Every family other than SD3 also
+# gets its own LoRA targets (rollout.families: the FlowPolicy subclass's ``lora_targets``).
+FAMILY_PRESETS: dict[str, dict[str, dict]] = {
+    # pickscore_flux and geneval_flux_fast: FLUX.1-dev, 6 sampler steps, 28 evaluation steps, guidance 3.5 through the
+    # guidance embedding (PolicyOptions.guidance_embed; no true CFG at rollout, training or evaluation), sampling
+    # batches and micro-batches of 3 (24 images x 48 prompts per epoch as PAPER_COMMON), no KL (beta 0); LoRA r 64,
+    # alpha 128 (scripts/train_flux.py, main(), commit 74db691). pickscore_flux: SDE noise level 0.9
+    # (geneval_flux_fast is flowgrpo-fast's variant as registered: CPS at 0.8 on a window of 3, clip 1e-5)
+    "flux": {
+        "paper": {"flowgrpo.num_steps": 6, "eval_steps": 28, "flowgrpo.guidance": 1.0, "flowgrpo.eval_guidance": 1.0,
+                  "rollout_batch_size": 3, "flowgrpo.train_batch_size": 3, "nft.train_batch_size": 3,
+                  "lora.rank": 64, "lora.alpha": 128, "flowgrpo.kl_beta": 0.0},
+        "pickscore": {"flowgrpo.noise_level": 0.9},
+    },
+    # pickscore_qwenimage: Qwen-Image, 10 sampler steps, 50 evaluation steps, true CFG 4 (evaluation: base.py's
+    # eval_guidance_scale 4.5, FlowGRPO's default here too), batches of 4, 16 images x 32 prompts per epoch, no KL,
+    # SDE at noise level 1.2 on a window of 2 steps drawn in the first half (sde_window_size 2, range (0, 5)). Its LoRA
+    # rank lives in a Qwen-Image training script we could not read: the paper default (r 32, alpha 64) stays.
+    "qwen-image": {
+        "pickscore": {"prompts_per_epoch": 32, "images_per_prompt": 16, "rollout_batch_size": 4,
+                      "flowgrpo.train_batch_size": 4, "nft.train_batch_size": 4, "flowgrpo.num_steps": 10,
+                      "eval_steps": 50, "flowgrpo.guidance": 4.0, "flowgrpo.kl_beta": 0.0, "flowgrpo.noise_level": 1.2,
+                      "flowgrpo.sde_window": 2},
+    },
+}
+
+
+def family_preset(world: str, task: str) -> dict:
+    """The model family's own settings for paper-scale ``world`` at ``task`` (:data:`FAMILY_PRESETS`, its LoRA
+    targets; a step-distilled FLUX.2 klein runs without CFG, as its pipeline does). SD3 and an undetectable world
+    (a hub id not in ``rollout.families.HUB_IDS``): none."""
+    from rollout.families import ModelLoadError, detect_family, is_distilled, policy_class
+
+    try:
+        family = detect_family(world)
+    except ModelLoadError as err:
+        raise ValueError(f"world {world!r}: {err}") from None
+    if family in (None, "sd3"):
+        return {}
+    own = FAMILY_PRESETS.get(family, {})
+    out = {"lora.target_modules": list(policy_class(family).lora_targets), **own.get("paper", {}), **own.get(task, {})}
+    if is_distilled(world):
+        out.update({"flowgrpo.guidance": 1.0, "flowgrpo.eval_guidance": 1.0})
+    return out
+
+
 # Settings of one method on top of the world/task preset and its registry variant, where its reference's config
 # differs from FlowGRPO's in more than the method's own section: "shapes" (the shapes world), "paper" (every paper
 # task), then the paper task itself.
@@ -189,7 +241,7 @@ def preset(world: str, task: str) -> dict:
         return dict(SHAPES_PRESET)
     if task not in PAPER_PRESETS:
         raise ValueError(f"unknown task {task!r}; choose from {sorted(PAPER_PRESETS)}")
-    return {**PAPER_COMMON, **PAPER_PRESETS[task]}
+    return {**PAPER_COMMON, **PAPER_PRESETS[task], **family_preset(world, task)}
 
 
 def method_preset(world: str, task: str, method: str) -> dict:

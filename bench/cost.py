@@ -17,7 +17,8 @@ Counts follow the methods as implemented (and the references): per rollout sampl
 
 Every sample but TempFlow's gives one image, so per sample is per image there.
 
-A backward costs about two forwards. ``predict_gpu_hours`` turns counts into hours from the transformer's FLOPs per
+A backward costs about two forwards. ``family_flops_per_forward`` gives the FLOPs of one image-forward of each model
+family's released architecture (:mod:`bench.published`). ``predict_gpu_hours`` turns counts into hours from the transformer's FLOPs per
 image-forward and an achieved FLOP/s (measure it with ``python -m bench.perf``), so users can plan paper-scale runs.
 """
 from __future__ import annotations
@@ -81,6 +82,24 @@ def transformer_flops_per_forward(params: float, image_tokens: int, text_tokens:
     """Approximate FLOPs of one image's forward: 2 x params x tokens (matmuls) + attention (4 x L x n^2 x width)."""
     n = image_tokens + text_tokens
     return 2 * params * n + 4 * layers * n * n * width
+
+
+def family_flops_per_forward(model: str, resolution: int = 512, text_tokens: int | None = None) -> float:
+    """FLOPs of one image's forward of published model ``model`` (:data:`bench.published.PUBLISHED`: flux-dev,
+    flux-schnell, qwen-image, z-image, flux2-klein) at ``resolution`` px: its parameter count (from the released
+    config), 16 x 16 px per image token (a VAE of factor 8 and 2 x 2 patches, in every one of these families), and
+    ``text_tokens`` (default: the family's text length, an upper bound for Qwen-Image and Z-Image, which drop
+    padding), through :func:`transformer_flops_per_forward`."""
+    from bench.published import PUBLISHED
+    from rollout.families import policy_class
+
+    if model not in PUBLISHED:
+        raise ValueError(f"no published architecture for {model!r}; choose from {', '.join(PUBLISHED)}")
+    spec = PUBLISHED[model]
+    if text_tokens is None:
+        text_tokens = policy_class(spec.family).default_options().max_sequence_length
+    layers, width = spec.depth_and_width()
+    return transformer_flops_per_forward(spec.transformer_params(), (resolution // 16) ** 2, text_tokens, layers, width)
 
 
 def predict_gpu_hours(method: str, cfg, flops_per_forward: float, achieved_flops: float, images: int) -> float:

@@ -19,10 +19,9 @@ import torch
 
 from bench.cli import at_least, check_world, output_file
 from bench.progress import interactive, library_progress_bars, phase_bar
-from rollout.models import T2IPolicy
+from rollout.families.base import FlowPolicy
 from rollout.prompts import PromptSet
 from rollout.samplers import Solver, sample
-from rollout.schedule import sigmas_from_scheduler
 
 
 @dataclass
@@ -48,13 +47,13 @@ class EvalConfig:
 
 
 @torch.no_grad()
-def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig, progress: bool = False) -> torch.Tensor:
+def generate(policy: FlowPolicy, prompts: list[str], cfg: EvalConfig, progress: bool = False) -> torch.Tensor:
     """Images [N * K, 3, H, W] in [0, 1], ordered prompt-major (image j of prompt i at i * K + j)."""
     shape = policy.latent_shape(cfg.height, cfg.width)
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((len(prompts) * cfg.images_per_prompt, *shape), generator=g)
     flat_prompts = [p for p in prompts for _ in range(cfg.images_per_prompt)]
-    sig = sigmas_from_scheduler(policy.scheduler, cfg.num_steps)
+    sig = policy.sigmas(cfg.num_steps, cfg.height, cfg.width)
     out = []
     starts = range(0, len(flat_prompts), cfg.batch_size)
     for i in phase_bar(starts, "eval", progress):
@@ -66,7 +65,7 @@ def generate(policy: T2IPolicy, prompts: list[str], cfg: EvalConfig, progress: b
     return torch.cat(out)
 
 
-def evaluate(policy: T2IPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig, progress: bool = False) -> dict:
+def evaluate(policy: FlowPolicy, prompt_set: PromptSet, reward, cfg: EvalConfig, progress: bool = False) -> dict:
     """Generate and score; returns ``{"rows": per-image dicts, "report": aggregate, "eval_s": seconds}``.
 
     ``reward`` is an evaluation reward returning per-image keys (for GenEval: ``accuracy``, ``strict_accuracy``
@@ -104,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags of ``python -m bench.eval``; each one's type refuses values that cannot work."""
     ap = argparse.ArgumentParser(prog="python -m bench.eval",
                                  description="Evaluate a model on a world's test prompts with the shared protocol.")
-    ap.add_argument("--model", default="shapes", help="World name ('shapes') or a path / hub id of an SD3 pipeline.")
+    ap.add_argument("--model", default="shapes", help="World name ('shapes') or a path / hub id of a saved pipeline "
+                                                      "(SD3, FLUX.1, FLUX.2 klein, Qwen-Image, Z-Image).")
     ap.add_argument("--guidance", type=at_least(0.0, "a CFG scale >= 0 (1.0 means no CFG)", float), default=1.0,
                     help="CFG scale; 1.0 means no classifier-free guidance.")
     ap.add_argument("--num-steps", type=at_least(1, "a number of sampler steps, at least 1"), default=None,
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.worlds import load_world
+    from worlds import load_world
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
     python -m bench.perf --model shapes                 # the shapes world on this machine (CPU or GPU)
     python -m bench.perf --model sd35m --device cuda    # SD3.5-Medium-size transformer + VAE, random weights
+    python -m bench.perf --model flux-dev --device cuda  # a family's published transformer + VAE (bench.published)
     python -m bench.perf --methods flowgrpo,grpo-guard,tempflow-grpo    # FlowGRPO's variants
 
 A row counts rollout samples (initial noises, ``images_per_epoch``) and the images decoded and scored
@@ -22,7 +23,8 @@ import time
 import torch
 
 from bench.config import resolve
-from bench.cost import passes_per_image, transformer_flops_per_forward
+from bench.cost import family_flops_per_forward, passes_per_image, transformer_flops_per_forward
+from bench.published import PUBLISHED
 from bench.records import load_results
 
 SD35M_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
@@ -56,6 +58,29 @@ def sd35m_random_policy(device):
     return policy.to(device)
 
 
+def published_random_policy(model: str, device):
+    """A family's published transformer and VAE with random weights (:func:`bench.published.random_policy`)."""
+    from bench.published import random_policy
+
+    return random_policy(model, device)
+
+
+def family_overrides(model: str) -> list[str]:
+    """A published model's LoRA targets and guidance conventions as overrides: FLUX.1-dev runs FlowGRPO without true
+    CFG (its guidance embedding; bench.config.FAMILY_PRESETS), a step-distilled release without CFG at all."""
+    from bench.config import FAMILY_PRESETS
+    from rollout.families import policy_class
+
+    spec = PUBLISHED[model]
+    out = [f"lora.target_modules={','.join(policy_class(spec.family).lora_targets)}"]
+    guidance = FAMILY_PRESETS.get(spec.family, {}).get("paper", {}).get("flowgrpo.guidance")
+    if spec.pipeline_kwargs.get("is_distilled"):
+        guidance = 1.0
+    if guidance is not None:
+        out += [f"flowgrpo.guidance={guidance}", f"flowgrpo.eval_guidance={guidance}"]
+    return out
+
+
 def raw_compute_s(policy, batch: int, resolution: int, forwards: int, backwards: int) -> float:
     """Seconds of bare transformer work: ``forwards`` no-grad forwards and ``backwards`` forward+backward passes."""
     shape = policy.latent_shape(resolution, resolution)
@@ -83,8 +108,9 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
 
     rows = []
     for method in methods:
-        policy = sd35m_random_policy(device) if model == "sd35m" else None
-        resolution = 512 if model == "sd35m" else 32
+        policy = (sd35m_random_policy(device) if model == "sd35m" else
+                  published_random_policy(model, device) if model in PUBLISHED else None)
+        resolution = 32 if model == "shapes" else 512
         overrides = [f"prompts_per_epoch={prompts}", f"images_per_prompt={images}", f"rollout_batch_size={batch}",
                      f"nft.train_batch_size={batch}", f"flowgrpo.train_batch_size={batch}", "eval_every=0",
                      "reward=brightness", f"resolution={resolution}", f"out={out}", "tensorboard=false",
@@ -94,6 +120,8 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
                      f"device={device}", "budget_wall_s=0"]
         if model == "sd35m":
             overrides += ["lora.rank=32", "lora.alpha=64"]
+        if model in PUBLISHED:
+            overrides += ["lora.rank=32", "lora.alpha=64", *family_overrides(model)]
         cfg = resolve({"method": method, "seed": 0, "epochs": epochs}, None, overrides)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -113,11 +141,14 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
         trn_b = int(round(counts.train_backward * n_img / raw_batch))
         raw_roll = raw_compute_s(trainer.policy, raw_batch, resolution, fwd, 0)
         raw_train = raw_compute_s(trainer.policy, raw_batch, resolution, trn_f, trn_b)
-        t = trainer.policy.transformer.config
         params = sum(p.numel() for p in trainer.policy.transformer.parameters())
-        tokens = (resolution // (8 if trainer.policy.vae is not None else 1) // t.patch_size) ** 2
-        flops = transformer_flops_per_forward(params, tokens, 205 if model == "sd35m" else 20, t.num_layers,
-                                              t.num_attention_heads * t.attention_head_dim)
+        if model in PUBLISHED:
+            flops = family_flops_per_forward(model, resolution)
+        else:
+            t = trainer.policy.transformer.config
+            tokens = (resolution // (8 if trainer.policy.vae is not None else 1) // t.patch_size) ** 2
+            flops = transformer_flops_per_forward(params, tokens, 205 if model == "sd35m" else 20, t.num_layers,
+                                                  t.num_attention_heads * t.attention_head_dim)
         row = {"model": model, "method": method, "device": torch.cuda.get_device_name() if device.startswith("cuda")
                else "cpu", "images_per_epoch": n_img, "scored_images_per_epoch": n_img * counts.images,
                "params_M": params / 1e6,
@@ -140,7 +171,9 @@ def run(model: str, methods: list[str], epochs: int, prompts: int, images: int, 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Per-epoch cost of each method and the harness overhead ratio.")
-    ap.add_argument("--model", choices=["shapes", "sd35m"], default="shapes", help="Shapes world or an SD3.5-Medium-size random model.")
+    ap.add_argument("--model", choices=["shapes", "sd35m", *PUBLISHED], default="shapes",
+                    help="Shapes world, an SD3.5-Medium-size random model, or a family's published architecture with "
+                         "random weights (bench.published: flux-dev, flux-schnell, qwen-image, z-image, flux2-klein).")
     ap.add_argument("--methods", default="nft,flowgrpo",
                     help="Comma-separated methods to benchmark (nft, flowgrpo, flowgrpo-fast, grpo-guard, "
                          "tempflow-grpo, awm, dgpo).")

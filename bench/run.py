@@ -23,12 +23,15 @@ from bench.records import check_run_id
 
 FLAGS = {
     # flag: (config key, type, help)
-    "world": ("world", str, "World: 'shapes' (built-in CPU testbed, default) or a path / hub id of an SD3 pipeline "
-                            "such as stabilityai/stable-diffusion-3.5-medium for paper-scale runs."),
+    "world": ("world", str, "World: 'shapes' (built-in CPU testbed, default) or a path / hub id of a saved pipeline "
+                            "(SD3 / SD3.5, FLUX.1, FLUX.2 klein, Qwen-Image, Z-Image) such as "
+                            "stabilityai/stable-diffusion-3.5-medium for paper-scale runs."),
     "task": ("task", str, "Paper preset (prompt sets and hyperparameters): geneval, ocr, pickscore, hpsv2 or "
                           "multi_reward. Ignored by the shapes world, which has its own tuned preset."),
     "reward": ("reward", str, "Reward name or weighted spec such as 'pickscore:1,hpsv2:1'; paper names are mapped to "
                               "the world's implementation (geneval -> shapes_geneval in the shapes world)."),
+    "eval-reward": ("eval_reward", str, "Reward that scores evaluation images, e.g. 'brightness' for a tiny model; "
+                                        "by default the world's GenEval."),
     "epochs": ("epochs", int, "Maximum number of epochs per run; every method gets the same value."),
     "budget-wall-s": ("budget_wall_s", float, "Equal wall-clock budget per run in seconds of rollout, reward and "
                                               "training (evaluation excluded); 0 means no limit."),
@@ -67,7 +70,7 @@ LIMITS: dict[str, tuple[float, str]] = {
     "checkpoint_every": (1, "the number of epochs between checkpoints, at least 1"),
     "reward_workers": (1, "the number of reward threads, at least 1"),
 }
-PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")  # a prompt setting ending so names a file (bench.worlds.World.prompts)
+PROMPT_FILE_SUFFIXES = (".jsonl", ".txt")  # a prompt setting ending so names a file (worlds.base.World.prompts)
 
 
 def method_list(text: str) -> list[str]:
@@ -129,6 +132,8 @@ def check_config(cfg: RunConfig) -> None:
         if complaint:
             raise ValueError(f"{setting_name(key)}: {complaint}")
     checks = [("world", check_world), ("reward", parse_reward_spec)]
+    if cfg.eval_reward:  # empty: the world's own evaluation reward
+        checks.append(("eval_reward", parse_reward_spec))
     if cfg.run_id:  # empty: the trainer makes a new one
         checks.append(("run_id", check_run_id))
     for key, check in checks:
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     from bench.distributed import init_distributed, local_device
     from bench.progress import interactive, library_progress_bars
-    from bench.trainer import Trainer
+    from bench.trainer import Trainer, headline_eval
 
     library_progress_bars(interactive())  # model-loading bars only on a terminal, not in a log file
     # torchrun / submitit: join the process group before any Trainer exists; each rank trains on its own GPU
@@ -205,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         summaries.append(result)
     print("\nsummary (final evaluation, strict GenEval accuracy where available):")
     for r in summaries:
-        score = r["final"].get("eval/strict_accuracy", r["final"].get("eval/avg_mean", float("nan")))
+        score = headline_eval(r["final"])
+        score = float("nan") if score is None else score
         print(f"  {r['method']:14s} seed {r['seed']}  epochs {r['epochs']:4d}  train wall {r['wall_s']:7.1f} s  "
               f"final {score:.4f}  -> {configs[0].out}/{r['run_id']}")
     if not args.no_report and rank == 0:  # one writer for the report folder

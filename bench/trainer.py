@@ -26,14 +26,17 @@ from bench.config import RunConfig
 from bench.eval import EvalConfig, evaluate
 from bench.progress import RunBar, phase_bar
 from bench.records import RunRecorder, compact_run, make_run_id
-from bench.worlds import load_world
+from worlds import load_world
 from methods import registry
 from methods.base import RolloutBatch, derive_seed, sample_generators
 from rewards import AsyncRewards, build_reward
 from rollout import lora
 from rollout.prompts import GroupedSampler
 from rollout.samplers import branch_cost, sample, sample_branches
-from rollout.schedule import sigmas_from_scheduler
+
+
+PRECISION = {torch.float16: "fp16-autocast", torch.bfloat16: "bf16-autocast"}
+"""How a run's meta.json names its autocast dtype (none: "fp32")."""
 
 
 def world_info() -> tuple[int, int]:
@@ -80,8 +83,9 @@ class SampledPart:
 
 
 def headline_eval(values: dict[str, float]) -> float | None:
-    """The evaluation number a progress line shows: strict GenEval accuracy, else the mean evaluation reward."""
-    return values.get("eval/strict_accuracy", values.get("eval/avg_mean"))
+    """The evaluation number a progress line shows: strict GenEval accuracy, else the mean evaluation reward (the
+    weighted average of an ``eval_reward`` spec: ``eval/avg``)."""
+    return values.get("eval/strict_accuracy", values.get("eval/avg_mean", values.get("eval/avg")))
 
 
 class Trainer:
@@ -128,8 +132,8 @@ class Trainer:
         if self.rank == 0:
             meta = {"method": cfg.method, "world": self.world.name, "reward": cfg.reward, "seed": cfg.seed,
                     "config": asdict(cfg), "ablation": cfg.ablation or None, "world_size": self.world_size,
-                    "device": str(self.device), "precision": "fp16-autocast" if self.policy.options.autocast_dtype
-                    else "fp32", "reward_spec": self.reward_spec}
+                    "device": str(self.device), "precision": PRECISION.get(self.policy.options.autocast_dtype, "fp32"),
+                    "reward_spec": self.reward_spec}
             self.recorder = RunRecorder(cfg.out, self.run_id, meta)
             self._note_resume_changes(meta["config"])
             self.writer = self._live_writer()
@@ -201,8 +205,9 @@ class Trainer:
         t0 = time.perf_counter()
         ctx = self.method.eval_context() if self.method.trains else contextlib.nullcontext()
         with ctx, torch.no_grad():
-            result = evaluate(self.policy, self.test_set, self.world.eval_reward(), self.eval_cfg,
-                              progress=self.rank == 0)
+            reward = (build_reward(self.world.reward_spec(self.cfg.eval_reward)) if self.cfg.eval_reward
+                      else self.world.eval_reward())
+            result = evaluate(self.policy, self.test_set, reward, self.eval_cfg, progress=self.rank == 0)
         rep = result["report"]
         out = {}
         if "per_image_mean" in rep:
@@ -224,7 +229,8 @@ class Trainer:
 
     def rollout(self, epoch: int) -> tuple[RolloutBatch, dict[str, float]]:
         spec = self.method.rollout_spec(epoch)
-        sig = sigmas_from_scheduler(self.policy.scheduler, spec.num_steps) if spec.sigmas is None else spec.sigmas
+        sig = (self.policy.sigmas(spec.num_steps, self.resolution, self.resolution) if spec.sigmas is None
+               else spec.sigmas)
         if len(sig) != spec.num_steps + 1:
             raise ValueError(f"RolloutSpec.sigmas has {len(sig)} entries for {spec.num_steps} steps: give num_steps "
                              "+ 1")
@@ -297,7 +303,10 @@ class Trainer:
         return velocity
 
     def _latent_dtype(self):
-        return torch.float16 if self.device.type == "cuda" else None
+        """The latents' dtype between sampler steps on GPU: fp16 (the references), bf16 for a bf16-autocast family."""
+        if self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if self.policy.options.autocast_dtype == torch.bfloat16 else torch.float16
 
     def _sample(self, spec, sig, x, g, part: "SampledPart") -> "SampledPart":
         """One sampling batch on the method's solver; its images go to the reward workers at once."""

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from rollout import lora
 from rollout.advantages import group_advantages
-from rollout.models import T2IPolicy
+from rollout.families.base import FlowPolicy
 from rollout.samplers import Solver
 
 Backend = Literal["ddp", "deepspeed"]
@@ -124,7 +124,7 @@ class Method(ABC):
     name: str = "method"
     trains: bool = True
 
-    def __init__(self, policy: T2IPolicy, optim: OptimConfig, seed: int = 0):
+    def __init__(self, policy: FlowPolicy, optim: OptimConfig, seed: int = 0):
         self.policy = policy
         self.optim_cfg = optim
         self.seed = seed

@@ -42,3 +42,21 @@ def to_timestep(sigma: torch.Tensor | float, batch: int, device, integer: bool) 
     if integer:
         t = t.to(torch.long)
     return t
+
+
+def pipeline_sigmas(scheduler, base, mu: float | None) -> torch.Tensor:
+    """The table a FLUX-style pipeline integrates: its base sigmas (``linspace(1, 1/N, N)``) through the scheduler's
+    own shift -- resolution-dependent with ``mu`` when the scheduler uses dynamic shifting, its static ``shift``
+    otherwise -- with the final 0 appended, exactly as the pipeline's ``retrieve_timesteps`` sets it."""
+    scheduler.set_timesteps(sigmas=base, mu=mu)
+    return scheduler.sigmas.detach().to(torch.float32).cpu().clone()
+
+
+def resolution_shift(scheduler, image_seq_len: int) -> float:
+    """FLUX's ``mu`` for ``image_seq_len`` image tokens: diffusers' ``calculate_shift`` on the scheduler's config
+    (base / max sequence length and shift), as FluxPipeline, QwenImagePipeline and ZImagePipeline compute it."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    cfg = scheduler.config
+    return calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                           cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))

@@ -107,7 +107,7 @@ def check_resolvable(cfg: RunConfig, setting_name: Callable[[str], str]) -> None
     """Every reward and prompt set that run ``cfg`` will load resolves here: reward names in its world (and their
     modules import), prompt sets by name or file. Raises ``ValueError`` naming the setting (``setting_name(key)``
     words it, with its flag) and the fix."""
-    from bench.worlds import load_world
+    from worlds import load_world
 
     try:
         world = load_world(cfg.world, cfg.task)

@@ -5,7 +5,7 @@ import pytest
 
 from bench.config import SHAPES_PRESET, RunConfig, resolve
 from bench.run import main as run_main
-from bench.worlds import load_world
+from worlds import load_world
 from rollout.prompts import PromptFileError
 
 
@@ -69,3 +69,16 @@ def test_prompt_files_of_ones_own(tmp_path):
     with pytest.raises(PromptFileError, match="broken.jsonl:2"):
         world.prompts(str(broken))
     assert len(world.prompts("test")) == 553
+
+
+def test_worlds_load_without_bench_worlds():
+    """The World lives with the worlds (worlds/base.py, worlds/paper.py): the shapes world and a paper-scale world
+    load without importing bench.worlds, so the old bench.worlds <-> worlds.shapes.world import cycle is gone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, worlds; from worlds.shapes.world import SHAPES; assert worlds.load_world('shapes') is SHAPES; "
+            "w = worlds.load_world('/no/such/model', 'ocr'); assert (w.train_set, w.test_set) == ('ocr_train', "
+            "'ocr_test'); assert 'bench.worlds' not in sys.modules, sorted(m for m in sys.modules if 'bench' in m)")
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)

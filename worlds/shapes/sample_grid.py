@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bench.eval import EvalConfig, generate
-from bench.worlds import load_world
+from worlds import load_world
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 

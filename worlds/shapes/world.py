@@ -11,7 +11,7 @@ from pathlib import Path
 
 from diffusers import StableDiffusion3Pipeline
 
-from bench.worlds import World
+from worlds.base import World
 from rollout.models import PolicyOptions, build_tiny_sd3
 from rollout.prompts import PromptSet, load_geneval_metadata
 
