@@ -147,6 +147,17 @@ def check_config(cfg: RunConfig) -> None:
     for key, names_a_file in files.items():
         if names_a_file and not Path(getattr(cfg, key)).is_file():
             raise ValueError(f"{setting_name(key)}: no file {getattr(cfg, key)}; fix the path")
+    if cfg.world != "shapes":  # the paper-scale prompt sets are downloaded, not shipped: say so before loading
+        from rollout.datasets import SETS, prompts_dir
+        from worlds import load_world
+
+        world = load_world(cfg.world, cfg.task)
+        for key, default in (("train_prompts", world.train_set), ("test_prompts", world.test_set)):
+            name = getattr(cfg, key) or default
+            if name in SETS and not (prompts_dir() / SETS[name].local).is_file():
+                raise ValueError(f"{setting_name(key)}: prompt set '{name}' is not at {prompts_dir() / SETS[name].local}; "
+                                 f"fetch it with `python -m rollout.datasets fetch {name}` (or set FLOWRL_PROMPTS_DIR, "
+                                 f"or give {key}=<your .jsonl or .txt file>)")
 
 
 def configs_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[RunConfig]:

@@ -109,3 +109,13 @@ def test_the_real_entry_point_prints_one_line_and_no_library_notices():
     assert "Traceback" not in done.stderr and "torchvision" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == ("python -m bench.run: error: argument --seeds: 'a' is not a "
                                                    "non-negative integer; give seeds such as 0,1,2")
+
+
+def test_a_paper_world_without_its_prompt_sets_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FLOWRL_PROMPTS_DIR", str(tmp_path / "no_prompts"))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    line = cli_error(bench_run.main, ["--world", str(tmp_path / "model"), "--out", str(tmp_path / "r"),
+                                      "--no-report"], capsys)
+    assert "train_prompts" in line and "geneval_train" in line and "rollout.datasets fetch geneval_train" in line
+    assert not (tmp_path / "r").exists()
