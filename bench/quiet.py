@@ -16,6 +16,13 @@ NOTICES: dict[str, re.Pattern[str]] = {
     # to `CLIPImageProcessorPil` ...", printed on every import of diffusers' SD3 pipeline. The PIL processors are the
     # ones transformers 4 used, and torchvision is not a dependency of this project.
     "transformers.utils.import_utils": re.compile(r"requires torchvision \(not installed\); falling back to"),
+    # diffusers, on every `.to(dtype)` of a VAE whose list of modules to keep in float32 is EMPTY ("... should be kept
+    # in float32: []. Casting directly with `to()` ..."): nothing is kept in float32, so nothing is lost; a non-empty
+    # list still shows
+    "diffusers.models.modeling_utils": re.compile(r"should be kept in float32: \[\]\."),
+    # DeepSpeed (optional extra), on import on a machine without a GPU: "Setting accelerator to CPU. If you have GPU
+    # or other accelerator, we were unable to detect it." -- the CPU is what a CPU run means
+    "DeepSpeed": re.compile(r"^Setting accelerator to CPU\."),
 }
 
 

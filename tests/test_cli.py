@@ -119,3 +119,36 @@ def test_a_paper_world_without_its_prompt_sets_is_refused_in_one_line(tmp_path, 
                                       "--no-report"], capsys)
     assert "train_prompts" in line and "geneval_train" in line and "rollout.datasets fetch geneval_train" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_only_the_named_third_party_notices_are_dropped():
+    """bench.quiet drops exactly its notices: a notice of another text from the same logger still shows."""
+    import logging
+
+    import bench.quiet  # noqa: F401  (installs the filters)
+
+    dropped = {"transformers.utils.import_utils": "`CLIPImageProcessor` requires torchvision (not installed); "
+                                                  "falling back to `CLIPImageProcessorPil`",
+               "diffusers.models.modeling_utils": "There are modules in AutoencoderKL that should be kept in float32: "
+                                                  "[]. Casting directly with `to()` can lead to inconsistent results",
+               "DeepSpeed": "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect"}
+    kept = {"diffusers.models.modeling_utils": "There are modules in AutoencoderKL that should be kept in float32: "
+                                               "['quant_conv']. Casting directly with `to()`",
+            "DeepSpeed": "Setting accelerator to CUDA"}
+    seen: list[str] = []
+
+    class Collect(logging.Handler):  # on each logger itself: DeepSpeed's logger does not propagate to the root
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    names = set(dropped) | set(kept)
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        for name, text in [*dropped.items(), *kept.items()]:
+            logging.getLogger(name).warning(text)
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
+    assert seen == list(kept.values())
