@@ -70,7 +70,8 @@ def claims_section(df: pd.DataFrame, all_panels: list[Panel], published: pd.Data
     table = pd.DataFrame(measured)
     said = claims(published)
     order = {(m, v): i for i, (m, v) in enumerate(zip(table["_method"], table["_vs"]))}
-    said = said[[(m, v) in order for m, v in zip(said["method"], said["vs"])]]
+    rewards = {p.reward for p in all_panels} | {"any task"}  # a claim about OCR says nothing about a GenEval panel
+    said = said[[(m, v) in order and r in rewards for m, v, r in zip(said["method"], said["vs"], said["reward"])]]
     said = said.assign(_order=[order[(m, v)] for m, v in zip(said["method"], said["vs"])]).sort_values(
         "_order", kind="stable")
     lines += ["Measured (this harness): time for the baseline to reach its own final evaluation over the method's "
