@@ -46,7 +46,8 @@ class RunConfig:
     """Evaluation prompts, same forms as ``train_prompts``; empty = the world's test set."""
     eval_reward: str = ""
     """Reward spec that scores the evaluation images (e.g. "brightness" for a tiny model); empty = the world's
-    evaluation reward (GenEval: the shapes world's detector, or Mask2Former + CLIP at paper scale)."""
+    evaluation reward (GenEval: the shapes world's detector, or Mask2Former + CLIP at paper scale; at paper scale the
+    ocr, pickscore, hpsv2 and multi_reward tasks evaluate their own training reward)."""
     seed: int = 0
     epochs: int = 60
     """Maximum epochs; the run also stops at a wall-clock or device-hour budget."""

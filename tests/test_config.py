@@ -82,3 +82,22 @@ def test_worlds_load_without_bench_worlds():
             "w = worlds.load_world('/no/such/model', 'ocr'); assert (w.train_set, w.test_set) == ('ocr_train', "
             "'ocr_test'); assert 'bench.worlds' not in sys.modules, sorted(m for m in sys.modules if 'bench' in m)")
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)
+
+
+def test_paper_tasks_evaluate_their_own_reward(tmp_path):
+    """GenEval runs report GenEval's accuracies; OCR, PickScore, HPSv2 and multi-reward runs are evaluated with the
+    reward their task preset trains on (as the references evaluate them), not with GenEval."""
+    from bench.config import PAPER_PRESETS
+    from worlds.paper import paper_world
+
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    assert paper_world(str(tmp_path), "geneval").eval_spec == ""
+    for task in ("ocr", "pickscore", "hpsv2", "multi_reward"):
+        assert paper_world(str(tmp_path), task).eval_spec == PAPER_PRESETS[task]["reward"]
+    world = paper_world(str(tmp_path), "ocr")
+    world.eval_spec = "brightness"  # a reward that needs no weights: the spec is what evaluation builds
+    reward = world.eval_reward()
+    import torch
+
+    white = torch.ones(1, 3, 8, 8)
+    assert float(reward(white, ["a prompt"], [{}])["avg"][0]) == pytest.approx(1.0)

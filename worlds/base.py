@@ -29,6 +29,9 @@ class World:
     """Default training prompt set (a name :meth:`prompts` knows)."""
     test_set: str = ""
     """Default evaluation prompt set."""
+    eval_spec: str = ""
+    """Reward spec that scores evaluations (paper scale: the task's own reward, as the references evaluate OCR and
+    PickScore runs); empty = GenEval with its accuracy outputs."""
 
     def load_policy(self, device: str | torch.device = "cpu") -> FlowPolicy:
         """The world's model as its family's policy; text encoders in float32 on CPU and in the shapes world, else in
@@ -64,7 +67,12 @@ class World:
         return self.prompts(self.test_set)
 
     def eval_reward(self):
-        """The reward used for evaluation (GenEval: accuracy outputs on, i.e. not training mode)."""
+        """The reward used for evaluation: :attr:`eval_spec`, else GenEval with accuracy outputs on (not training
+        mode)."""
+        if self.eval_spec:
+            from rewards import build_reward
+
+            return build_reward(self.reward_spec(self.eval_spec))
         if self.name == "shapes":
             from worlds.shapes.reward import ShapesGenEvalReward
 

@@ -13,6 +13,10 @@ TASK_SETS = {"geneval": ("geneval_train", "geneval_test"), "ocr": ("ocr_train", 
              "pickscore": ("pickscore_train", "pickscore_test"), "hpsv2": ("pickscore_train", "drawbench_test"),
              "multi_reward": ("pickscore_train", "drawbench_test")}
 """Task -> (training prompt set, evaluation prompt set)."""
+TASK_EVAL = {"geneval": "", "ocr": "ocr", "pickscore": "pickscore", "hpsv2": "hpsv2",
+             "multi_reward": "pickscore:1,hpsv2:1,clipscore:1"}
+"""Task -> the reward its evaluation reports (empty: GenEval's accuracies); the task's training reward, as the
+references evaluate their OCR, PickScore and HPSv2 runs (multi_reward: the mean of its three rewards)."""
 
 
 def paper_world(model: str, task: str = "geneval") -> World:
@@ -28,4 +32,4 @@ def paper_world(model: str, task: str = "geneval") -> World:
     opts = dataclasses.replace(cls.default_options(),
                                autocast_dtype=cls.cuda_dtype if torch.cuda.is_available() else None)
     return World(name=Path(model).name, model=model, resolution=512, eval_steps=40, policy_options=opts,
-                 train_set=train, test_set=test)
+                 train_set=train, test_set=test, eval_spec=TASK_EVAL[task])
