@@ -22,7 +22,24 @@ from rollout.families.tokens import grid_ids, pack_2x2, unpack_2x2
 from rollout.schedule import pipeline_sigmas, resolution_shift
 
 
-class FluxPolicy(FlowPolicy):
+class Packed2x2(FlowPolicy):
+    """What FLUX.1 and Qwen-Image share: latents packed 2x2 into tokens (spatial size a multiple of 2), the
+    resolution-dependent shift of the sigma table (mu from the token count), timesteps as t in [0, 1]."""
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        s = self.vae_scale * 2
+        return (self.transformer.config.in_channels // 4, 2 * (height // s), 2 * (width // s))
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        _, h, w = self.latent_shape(height, width)
+        mu = resolution_shift(self.scheduler, (h // 2) * (w // 2))
+        return pipeline_sigmas(self.scheduler, np.linspace(1.0, 1 / num_steps, num_steps), mu)
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        return t / 1000
+
+
+class FluxPolicy(Packed2x2):
     """FLUX.1-dev / FLUX.1-schnell. ``cond`` is ``(T5 embeds [B, L, 4096], CLIP pooled [B, 768])``."""
 
     family = "flux"
@@ -49,18 +66,6 @@ class FluxPolicy(FlowPolicy):
     def distilled_guidance(self) -> bool:
         """Whether the transformer takes a guidance embedding (dev) or not (schnell)."""
         return bool(self.transformer.config.guidance_embeds)
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        s = self.vae_scale * 2
-        return (self.transformer.config.in_channels // 4, 2 * (height // s), 2 * (width // s))
-
-    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        _, h, w = self.latent_shape(height, width)
-        mu = resolution_shift(self.scheduler, (h // 2) * (w // 2))
-        return pipeline_sigmas(self.scheduler, np.linspace(1.0, 1 / num_steps, num_steps), mu)
-
-    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        return t / 1000
 
     def encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 embeds [B, L, D], CLIP pooled [B, P]) through ``FluxPipeline.encode_prompt``, with grad."""

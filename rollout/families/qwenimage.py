@@ -14,17 +14,16 @@ Conventions, as ``QwenImagePipeline.__call__`` has them (diffusers 0.42):
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import QwenImagePipeline
 
-from rollout.families.base import FlowPolicy, PolicyOptions
+from rollout.families.base import PolicyOptions
+from rollout.families.flux import Packed2x2
 from rollout.families.tokens import pack_2x2, pad_tokens, trim_padding, unpack_2x2
 from rollout.lora import LoraOptions
-from rollout.schedule import pipeline_sigmas, resolution_shift
 
 
-class QwenImagePolicy(FlowPolicy):
+class QwenImagePolicy(Packed2x2):
     """Qwen-Image. ``cond`` is ``(embeds [B, L, 3584] zero-padded, mask [B, L])``."""
 
     family = "qwen-image"
@@ -40,18 +39,6 @@ class QwenImagePolicy(FlowPolicy):
     @property
     def vae_scale(self) -> int:
         return 2 ** len(self.vae.temperal_downsample) if self.vae is not None else 8
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        s = self.vae_scale * 2
-        return (self.transformer.config.in_channels // 4, 2 * (height // s), 2 * (width // s))
-
-    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
-        _, h, w = self.latent_shape(height, width)
-        mu = resolution_shift(self.scheduler, (h // 2) * (w // 2))
-        return pipeline_sigmas(self.scheduler, np.linspace(1.0, 1 / num_steps, num_steps), mu)
-
-    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        return t / 1000
 
     def encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeds [B, L, D], mask [B, L]) through ``QwenImagePipeline.encode_prompt``, padded to L, with grad."""
