@@ -16,11 +16,10 @@ import pandas as pd
 import pytest
 
 from bench.config import resolve
-from bench.records import load_results
 from bench.trainer import Trainer
+from tests.tiny import train_records
 from worlds.shapes.world import load_prompts
 
-TIMING = ("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval")  # clocks, the only values that may differ
 
 
 def _prompt_file(tmp: Path, count: int = 10) -> Path:
@@ -39,18 +38,12 @@ def _run(out: Path, prompts: Path, epochs: int) -> None:
     Trainer(cfg).run()
 
 
-def _records(root: Path) -> pd.Series:
-    df = load_results(root)
-    df = df[~df.key.str.startswith(TIMING)]
-    return df.set_index(["epoch", "key"])["value"].sort_index()
-
-
 @pytest.mark.slow
 def test_shapes_run_resumed_mid_way_records_the_same_values(tmp_path):
     prompts = _prompt_file(tmp_path)
     _run(tmp_path / "straight", prompts, epochs=3)
     _run(tmp_path / "resumed", prompts, epochs=2)  # stops after epoch 2 of 3, as a kill after that checkpoint
     _run(tmp_path / "resumed", prompts, epochs=3)  # a fresh process would start here: a fresh model and cache
-    straight, resumed = _records(tmp_path / "straight"), _records(tmp_path / "resumed")
+    straight, resumed = train_records(tmp_path / "straight"), train_records(tmp_path / "resumed")
     assert sorted(straight.index.get_level_values("epoch").unique()) == [0, 1, 2, 3]
     pd.testing.assert_series_equal(resumed, straight, check_exact=True)

@@ -25,6 +25,7 @@ import pytest
 from bench.records import RunRecorder, load_results
 from slurm import checks, scheduler, status, submit, tasks
 from slurm.scheduler import Partition, QueuedJob
+from tests.tiny import train_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["resolution=16", "prompts_per_epoch=4", "images_per_prompt=4", "rollout_batch_size=8", "eval_every=0",
@@ -46,14 +47,6 @@ def _argv(tmp: Path, out: str, methods: str, epochs: int, *extra: str) -> list[s
     return ["--methods", methods, "--seeds", "0", "--epochs", str(epochs), "--executor", "local",
             "--gpus-per-node", "0", "--folder", str(tmp / "jobs"), "--policy-factory", "tests.tiny:tiny_policy",
             "--wait", *extra, *TINY, f"out={tmp / out}"]
-
-
-def _train_records(root: Path, run_id: str | None = None) -> pd.Series:
-    """Every recorded value but the clocks, of the one run under ``root`` (or of ``run_id``)."""
-    df = load_results(root)
-    df = df[~df.key.str.startswith(("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval"))]
-    df = df if run_id is None else df[df.run_id == run_id]
-    return df.set_index(["epoch", "key"])["value"].sort_index()
 
 
 def test_grid_runs_once_and_status_lists_it(tmp_path, capsys):
@@ -88,7 +81,7 @@ def test_killed_task_resumes_to_the_same_records(tmp_path):
     jobs = submit.main(argv)  # the same grid again: same run id, resumes from the checkpoint
     assert len(jobs) == 1 and submit.run_is_done(tmp_path / "killed", run_dir.name)
     assert (tmp_path / "straight" / run_dir.name).exists()  # one run id for the same grid, whatever the --out
-    pd.testing.assert_series_equal(_train_records(tmp_path / "straight"), _train_records(tmp_path / "killed"))
+    pd.testing.assert_series_equal(train_records(tmp_path / "straight"), train_records(tmp_path / "killed"))
 
 
 def test_dry_run_names_every_setting(tmp_path, capsys):

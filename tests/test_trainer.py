@@ -9,7 +9,7 @@ from bench.config import resolve
 from bench.records import load_results
 from bench.trainer import Trainer
 from rollout import lora
-from tests.tiny import tiny_config, tiny_policy
+from tests.tiny import tiny_config, tiny_policy, train_records
 
 
 def test_flowgrpo_ratio_is_one_on_policy(tmp_path):
@@ -49,12 +49,6 @@ def test_cfg_baseline_only_evaluates(tmp_path):
     assert "eval/strict_accuracy" in result["final"] and result["epochs"] == 0
 
 
-def _train_records(root):
-    df = load_results(root)
-    df = df[~df.key.str.startswith(("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval"))]
-    return df.set_index(["epoch", "key"])["value"].sort_index()
-
-
 @pytest.mark.parametrize("method", ["nft", "flowgrpo"])
 def test_resume_is_exact(tmp_path, method):
     straight = Trainer(tiny_config(method, tmp_path / "a", "run_id=r", epochs=3), policy=tiny_policy())
@@ -73,7 +67,7 @@ def test_resume_is_exact(tmp_path, method):
         for field in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(torch.as_tensor(opt_a[k][field]), torch.as_tensor(opt_b[k][field]))
     assert state_a["global_step"] == state_b["global_step"]
-    pd.testing.assert_series_equal(_train_records(tmp_path / "a"), _train_records(tmp_path / "b"))
+    pd.testing.assert_series_equal(train_records(tmp_path / "a"), train_records(tmp_path / "b"))
 
 
 @pytest.mark.parametrize("method,extra,margin", [

@@ -21,3 +21,16 @@ def tiny_config(method: str, out, *extra: str, epochs: int = 2, seed: int = 0):
                  "dgpo.num_steps=4", "dgpo.trunc_steps=3", "dgpo.num_train_timesteps=2", "dgpo.train_batch_size=8",
                  "tensorboard=false", "reward_workers=1", f"out={out}", *extra]
     return resolve({"method": method, "seed": seed, "epochs": epochs}, None, overrides)
+
+
+CLOCKS = ("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval")  # timing keys: the only values two equal runs may differ in
+
+
+def train_records(root, run_id: str | None = None):
+    """Every recorded value but the clocks, of the one run under ``root`` (or of ``run_id``), indexed by (epoch, key)."""
+    from bench.records import load_results
+
+    df = load_results(root)
+    df = df[~df.key.str.startswith(CLOCKS)]
+    df = df if run_id is None else df[df.run_id == run_id]
+    return df.set_index(["epoch", "key"])["value"].sort_index()
