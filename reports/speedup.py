@@ -12,9 +12,12 @@ Conventions, so every number can be checked by hand (grouping and clocks: :mod:`
 
 * **Curves.** A seed's curve is its evaluated rows: x = the panel's training clock in seconds (evaluation
   excluded; GPU-hours x 3600), y = the metric, sorted by x. ``start`` = mean over seeds of the first (epoch-0)
-  evaluation; ``final`` = mean over seeds of the last evaluation.
-* **Targets** of a pair (A, B): B's final, A's final, each CFG baseline's level (the mean of its runs' only
-  evaluation; a level, never a method with a time), then each method's own start + 0.02 / + 0.05 / + 0.10.
+  evaluation; ``final`` = mean over seeds of the last evaluation; ``best`` = the highest point of the mean curve
+  (:func:`mean_curve`), the level the method held on average at one time. A curve that rises to its end has best =
+  final; one that peaks and declines (FlowGRPO's long shapes runs) has best > final.
+* **Targets** of a pair (A, B): B's final, A's final, B's best and A's best (each only where it is above that
+  method's final), each CFG baseline's level (the mean of its runs' only evaluation; a level, never a method with
+  a time), then each method's own start + 0.02 / + 0.05 / + 0.10.
 * **Time to target, per seed**: the first clock value where the curve is ``>= target``, linearly interpolated
   between the last evaluation below and the first at or above (``monotone=True`` first replaces y by its
   non-decreasing least-squares fit, so one lucky noisy evaluation cannot claim an early crossing). A seed that
@@ -147,6 +150,11 @@ def final_level(seed_curves: SeedCurves) -> float:
     return float(np.mean([y[-1] for _, y in seed_curves]))
 
 
+def best_level(seed_curves: SeedCurves) -> float:
+    """The highest point of the mean curve over seeds (on the common grid of :func:`mean_curve`)."""
+    return float(mean_curve(seed_curves)[1].max())
+
+
 @dataclass(frozen=True)
 class SeedTimes:
     """Per seed: time to a target in seconds (censored seeds: their last evaluation's clock) and whether reached."""
@@ -223,7 +231,10 @@ def bootstrap_indices(n_a: int, n_b: int, n_boot: int, seed: int) -> tuple[np.nd
 def targets(a: SeedCurves, b: SeedCurves, a_label: str, b_label: str,
             levels: Sequence[tuple[str, float]] = ()) -> list[tuple[str, float]]:
     """(name, value) of every target of the pair, in table order (module docstring)."""
-    found = [(f"{b_label} final", final_level(b)), (f"{a_label} final", final_level(a)), *levels]
+    found = [(f"{b_label} final", final_level(b)), (f"{a_label} final", final_level(a))]
+    found += [(f"{label} best", best_level(own)) for label, own in ((b_label, b), (a_label, a))
+              if best_level(own) > final_level(own) + 1e-12]
+    found += levels
     for label, own in ((a_label, a), (b_label, b)):
         found += [(f"{label} start + {delta:.2f}", start_level(own) + delta) for delta in DELTAS]
     return found

@@ -76,3 +76,16 @@ def test_the_report_carries_both_tables_in_the_default_section(tmp_path):
     text = build(tmp_path / "results", tmp_path / "out", n_boot=50, published_dir=folder).read_text()
     default = text.split("## Default comparison")[1].split("## Published numbers")[0]
     assert "### Claimed vs measured speedup" in default and "25x (GPU-hours ratio)" in default
+
+
+def test_measured_row_uses_the_baseline_best_where_it_declines(tmp_path):
+    # FlowGRPO (one seed) peaks at 0.46 at 200 s and ends at 0.32: its final is below its start, its best is the
+    # papers' "FlowGRPO final". AWM reaches 0.46 at 0.16 / 0.20 * 100 = 80 s: 200 / 80 = 2.5x.
+    root = tmp_path / "results"
+    write_curve(root, "fg0", "flowgrpo", 0, [(0, 0.40), (100, 0.42), (200, 0.46), (300, 0.32)])
+    write_curve(root, "awm0", "awm", 0, [(0, 0.30), (100, 0.50)])
+    frame, _ = published(tmp_path)
+    df = load_results(root)
+    measured = "\n".join(claims_section(df, panels(df, run_table(df, root)), frame, n_boot=100)).split("Claimed (the")[0]
+    row = next(line for line in measured.splitlines() if line.startswith("| awm"))
+    assert "flowgrpo (CFG 4.5) best = 0.460" in row and "| 80 s | 200 s | 2.5x (1 seed: no CI) |" in row

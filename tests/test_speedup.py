@@ -45,6 +45,22 @@ def test_reached_by_both_interpolates_each_seed_and_divides_mean_times():
     assert row["seeds_text"] == "2 / 2"
 
 
+def test_best_target_is_the_peak_of_the_mean_curve_of_a_declining_method():
+    # B peaks and declines; A rises to its end (best = final: no "nft best" row). B's mean curve on the grid
+    # 0/100/200/300: 0.40, 0.48, 0.465, 0.30 -> best 0.48. B seed 0 reaches it at 0.08 / 0.10 * 100 = 80 s, seed 1 at
+    # 200 s (its evaluation there is exactly 0.48); A (two equal seeds) at 50 + 0.08 / 0.20 * 50 = 70 s.
+    rising = curve([0, 50, 100], [0.30, 0.40, 0.60])
+    peaked = [curve([0, 100, 200, 300], [0.40, 0.50, 0.45, 0.30]), curve([0, 100, 200, 300], [0.40, 0.46, 0.48, 0.30])]
+    rows = table([rising, rising], peaked, levels=())
+    assert "nft best" not in rows.index
+    assert list(rows.index[:3]) == ["flowgrpo final", "nft final", "flowgrpo best"]  # finals, bests, then starts
+    best = rows.loc["flowgrpo best"]
+    assert best["target_value"] == pytest.approx(0.48)
+    assert best["time_b"] == pytest.approx(140.0) and best["time_a"] == pytest.approx(70.0)
+    assert best["kind"] == "exact" and best["speedup"] == pytest.approx(2.0)
+    assert rows.loc["flowgrpo final", "time_b_text"] == "0 (at start)"  # its decayed final is below its start
+
+
 def test_reached_by_one_only_is_a_bound():
     rows = table()
     b_final = rows.loc["flowgrpo final"]  # 0.41: A at 110 and 85.71; B seed 0 at 750, seed 1 never (censored: 900)
