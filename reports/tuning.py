@@ -3,6 +3,7 @@
     python -m reports.tuning --results results                       # every run that evaluated
     python -m reports.tuning --results results --runs nft_a,nft_b    # these runs, in this order
     python -m reports.tuning --results results --clock wall          # wall-clock even for CPU-budgeted runs
+    python -m reports.tuning --results results/headline --at 300,1800,3600,7500   # long runs: other checkpoints
 
 One row per run: the evaluation metric (default ``eval/strict_accuracy``) at the first evaluation at or after each
 checkpoint of the training clock (evaluation excluded), its peak, the final value and the change from the start.
@@ -59,18 +60,32 @@ def reward_trend(run: pd.DataFrame, key: str = "reward/avg_mean", fraction: floa
     return {"train reward, first 20 %": float(values[:n].mean()), "last 20 %": float(values[-n:].mean())}
 
 
+def checkpoint_list(text: str) -> tuple[float, ...]:
+    """``--at``: "300,1800" -> (300.0, 1800.0); anything but positive numbers is a usage error naming the flag."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"--at {text!r}: give positive seconds separated by commas, e.g. 300,1800")
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Print the tuning table (accuracy vs training clock) as Markdown.")
     ap.add_argument("--results", default="results", help="Results root folder to read.")
     ap.add_argument("--runs", default="", help="Comma-separated run ids in the order to show; default: every run "
                                                "that evaluated, sorted by id.")
     ap.add_argument("--metric", default="eval/strict_accuracy", help="Evaluation key to tabulate.")
+    ap.add_argument("--at", type=checkpoint_list, default=(300.0, 600.0, 900.0),
+                    help="Comma-separated training-clock checkpoints in seconds at which to read each run's "
+                         "evaluation (the first at or after each, 2 %% slack), e.g. 300,1800,7500.")
     ap.add_argument("--clock", choices=CLOCK_CHOICES, default="auto",
                     help="Training clock: auto = CPU time for CPU-budgeted runs, else wall-clock.")
     args = ap.parse_args(argv)
     df = load_results(args.results)
     runs = [r for r in args.runs.split(",") if r] or sorted(df.loc[df["key"] == args.metric, "run_id"].unique())
-    print(markdown_table(tuning_table(df, runs, metric=args.metric, clock=args.clock,
+    print(markdown_table(tuning_table(df, runs, checkpoints_s=args.at, metric=args.metric, clock=args.clock,
                                       runs=run_table(df, Path(args.results)))))
 
 

@@ -137,3 +137,20 @@ def test_tuning_table_reads_values_at_wall_clock_checkpoints(tmp_path):
     assert row["clock"] == "wall-clock"  # no CPU budget in its config
     # 3 training rows: the first and last 20 % are one epoch each
     assert row["train reward, first 20 %"] == pytest.approx(0.2) and row["last 20 %"] == pytest.approx(0.6)
+
+
+def test_tuning_cli_reads_at_the_given_checkpoints(tmp_path, capsys):
+    from reports.tuning import main
+
+    meta = {"method": "nft", "world": "toy", "reward": "geneval", "seed": 0, "provenance": {}}
+    with RunRecorder(tmp_path, "run-a", meta) as recorder:  # evaluations at 0, 1000 and 2000 s
+        for epoch, wall, acc in ((0, 0.0, 0.30), (1, 1000.0, 0.35), (2, 2000.0, 0.45)):
+            recorder.log(epoch, {"cum/wall_s": wall, "eval/strict_accuracy": acc})
+            recorder.flush()
+    main(["--results", str(tmp_path), "--at", "1000,1990,5000"])
+    header, _, row = capsys.readouterr().out.strip().splitlines()[:3]
+    assert "| ~1000 s | ~1990 s | ~5000 s |" in header
+    assert "| 0.35 | 0.45 |  |" in row  # 1990 s reads the 2000 s evaluation (2 % slack); 5000 s: never reached
+    with pytest.raises(SystemExit) as stop:
+        main(["--results", str(tmp_path), "--at", "0,x"])
+    assert stop.value.code == 2 and "--at '0,x': give positive seconds" in capsys.readouterr().err

@@ -27,8 +27,9 @@ import pytest
 
 from slurm import scheduler, status, submit, tasks
 from tests.needs import need
-from tests.test_slurm import ROOT, TINY, _job_env, _train_records  # noqa: F401 (_job_env: autouse, sbatch
+from tests.test_slurm import ROOT, TINY, _job_env  # noqa: F401 (_job_env: autouse, sbatch
 #   passes the test's environment to the jobs)
+from tests.tiny import train_records
 
 # Long enough that a task requeued after its first checkpoint is still training when SLURM kills it (KillWait, 10 s
 # on the CI cluster, during which it ignores SIGTERM and trains on), short enough for CI (~30 s of training a task).
@@ -97,8 +98,8 @@ def test_requeued_grid_resumes_exactly_and_is_submitted_once(tmp_path, partition
         assert pickle.load(handle)._timeout_countdown == 1000  # a preemption spent none of --max-timeouts
     submit.main(_argv(tmp_path, "straight", "local", "--executor", "local", "--wait"))
     for task in (preempted, requeued):
-        pd.testing.assert_series_equal(_train_records(out, task["run_id"]),
-                                       _train_records(tmp_path / "straight", task["run_id"]), check_exact=True)
+        pd.testing.assert_series_equal(train_records(out, task["run_id"]),
+                                       train_records(tmp_path / "straight", task["run_id"]), check_exact=True)
     capsys.readouterr()
     assert submit.main(argv) == [] and "every run of the grid is done" in capsys.readouterr().out
 
