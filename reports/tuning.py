@@ -85,8 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     df = load_results(args.results)
     runs = [r for r in args.runs.split(",") if r] or sorted(df.loc[df["key"] == args.metric, "run_id"].unique())
-    print(markdown_table(tuning_table(df, runs, checkpoints_s=args.at, metric=args.metric, clock=args.clock,
-                                      runs=run_table(df, Path(args.results)))))
+    table = tuning_table(df, runs, checkpoints_s=args.at, metric=args.metric, clock=args.clock,
+                         runs=run_table(df, Path(args.results)))
+    if "label" in table and not table["label"].astype(bool).any():
+        table = table.drop(columns="label")  # no run carries an ablation label: no empty column
+    print(markdown_table(table))
 
 
 if __name__ == "__main__":

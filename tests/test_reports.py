@@ -149,7 +149,7 @@ def test_tuning_cli_reads_at_the_given_checkpoints(tmp_path, capsys):
             recorder.flush()
     main(["--results", str(tmp_path), "--at", "1000,1990,5000"])
     header, _, row = capsys.readouterr().out.strip().splitlines()[:3]
-    assert "| ~1000 s | ~1990 s | ~5000 s |" in header
+    assert "| ~1000 s | ~1990 s | ~5000 s |" in header and "label" not in header  # no ablation label: no column
     assert "| 0.35 | 0.45 |  |" in row  # 1990 s reads the 2000 s evaluation (2 % slack); 5000 s: never reached
     with pytest.raises(SystemExit) as stop:
         main(["--results", str(tmp_path), "--at", "0,x"])
