@@ -232,8 +232,10 @@ def targets(a: SeedCurves, b: SeedCurves, a_label: str, b_label: str,
             levels: Sequence[tuple[str, float]] = ()) -> list[tuple[str, float]]:
     """(name, value) of every target of the pair, in table order (module docstring)."""
     found = [(f"{b_label} final", final_level(b)), (f"{a_label} final", final_level(a))]
-    found += [(f"{label} best", best_level(own)) for label, own in ((b_label, b), (a_label, a))
-              if best_level(own) > final_level(own) + 1e-12]
+    for label, own in ((b_label, b), (a_label, a)):
+        best = best_level(own)
+        if best > final_level(own) + 1e-12:
+            found.append((f"{label} best", best))
     found += levels
     for label, own in ((a_label, a), (b_label, b)):
         found += [(f"{label} start + {delta:.2f}", start_level(own) + delta) for delta in DELTAS]

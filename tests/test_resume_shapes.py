@@ -21,7 +21,6 @@ from tests.tiny import train_records
 from worlds.shapes.world import load_prompts
 
 
-
 def _prompt_file(tmp: Path, count: int = 10) -> Path:
     """The first ``count`` training prompts of the shapes world as a GenEval metadata file."""
     path = tmp / "prompts.jsonl"
