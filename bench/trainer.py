@@ -472,7 +472,7 @@ class Trainer:
             if self.rank == 0:
                 ev = f"eval {score:.3f} | " if score is not None else ""
                 tqdm.write(f"epoch {completed:4d} | reward {stats['reward/avg_mean']:.4f} | {ev}"
-                           f"loss {metrics.get('loss', float('nan')):.4f} | {bar.text(self._clock())}")
+                           f"loss {metrics.get('loss', float('nan')):.4g} | {bar.text(self._clock())}")  # .4g: AWM's loss is ~1e-6
             final = values
         bar.close()
         self._save(completed)

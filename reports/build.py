@@ -6,7 +6,8 @@
 writes PNG plots and ``report.md``:
 
 1. **Headline: NFT vs FlowGRPO**, when the headline folder (default ``<results>/headline``) holds runs: the
-   speedup tables (NFT as A, FlowGRPO as B), the curves and the final table of those runs.
+   speedup tables (NFT as A, FlowGRPO as B), every other method's speedup over each of them beside the papers'
+   claims, the curves and the final table of those runs.
 2. **Default comparison**: the same for the runs directly under ``<results>`` without an ablation label, every
    pair of methods, plus each method's speedup over FlowGRPO and over NFT beside the papers' claimed speedups
    (:mod:`reports.claims`).
@@ -276,6 +277,13 @@ def runs_table(df: pd.DataFrame, runs: pd.DataFrame, clock: str) -> pd.DataFrame
                         last_epoch=table["run_id"].map(last))
 
 
+def headline_title(head: pd.DataFrame) -> str:
+    """"Headline: NFT vs FlowGRPO", naming the other trained methods of the headline folder when it holds any (their
+    speedups against both are the claimed-vs-measured table's rows)."""
+    others = sorted(set(head["method"].dropna()) - {"nft", "flowgrpo", "cfg"})
+    return "Headline: NFT vs FlowGRPO" + (f"; {', '.join(others)} against both" if others else "")
+
+
 def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_dir: Path | str = PUBLISHED_DIR,
           clock: str = "auto", headline: Path | str | None = None, monotone: bool = False) -> Path:
     """Write the plots and ``report.md`` into ``out``; returns the report path. ``headline`` defaults to
@@ -295,7 +303,7 @@ def build(results: Path | str, out: Path | str, n_boot: int = 1000, published_di
     head = load_results(headline) if headline.is_dir() else df.iloc[0:0]
     head_runs = run_table(head, headline if headline.is_dir() else None)
     if not head.empty:
-        lines += section("Headline: NFT vs FlowGRPO", head, head_runs, out, "headline", clock, n_boot, monotone,
+        lines += section(headline_title(head), head, head_runs, out, "headline", clock, n_boot, monotone,
                          a="nft", b="flowgrpo", published=published)
     main_df = df[df["ablation"].isna()]
     lines += section("Default comparison", main_df, runs, out, "default", clock, n_boot, monotone,

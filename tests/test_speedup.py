@@ -265,3 +265,17 @@ def test_a_run_from_before_an_option_existed_pools_with_today_s_runs(tmp_path):
     (panel,) = panels(df, run_table(df, tmp_path))
     assert sorted(g.runs for g in panel.groups) == [["new", "old"], ["other"]] or \
         sorted(sorted(g.runs) for g in panel.groups) == [["new", "old"], ["other"]]
+
+
+def test_headline_gives_the_other_methods_speedups_against_both(tmp_path):
+    comparison_store(tmp_path / "results" / "headline")
+    write_curve(tmp_path / "results" / "headline", "awm-s0", "awm", 0, [(0, 0.30), (100, 0.50)])
+    text = build(tmp_path / "results", tmp_path / "out", n_boot=100).read_text()
+    head = text[text.index("## Headline: NFT vs FlowGRPO; awm against both"):text.index("## Default comparison")]
+    claims = head[head.index("### Claimed vs measured speedup"):head.index("### Curves")]
+    # flowgrpo's mean curve rises to its end, so its best is its final: the mean of the seeds' last evaluations
+    # (0.42 + 0.40) / 2 = 0.41, which awm's straight line from 0.30 to 0.50 in 100 s crosses at 55 s
+    assert "| awm (no CFG) | flowgrpo (CFG 4.5) | toy (geneval) | flowgrpo (CFG 4.5) final = 0.410 | 55 s |" in claims
+    # against nft: nft's final 0.50 (both seeds end there), awm at 100 s, nft at (200 + 150) / 2 = 175 s: 1.75x
+    assert "| awm (no CFG) | nft (no CFG) | toy (geneval) | nft (no CFG) final = 0.500 | 100 s | 175 s | 1.8x" in claims
+    assert "| awm | flowgrpo | any task | 24x" in claims  # the paper's claim under the measured rows
