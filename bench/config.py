@@ -220,8 +220,9 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
     # DGPO, reference config/dgpo.py (SD3.5-M, 4 GPUs): 8 groups of 16 per epoch, sampling batch = micro-batch = one
     # group of 16 per GPU, LoRA r 64 / alpha 128; OCR and PickScore truncate at step 6 and switch sampling to ema_ref
     # after 200 steps; PickScore 8 groups of 24, batches of 12 (each group split over 2 GPUs: world_size x 12 must be
-    # a multiple of 24). Shapes (untuned): the GenEval settings, micro-batch = sampling batch, and ema_ref 10x faster
-    # (switch after 50 steps, decay min(0.01 s, 0.3)) as the NFT shapes preset does for its old policy
+    # a multiple of 24). Shapes: the GenEval settings, micro-batch = sampling batch, and ema_ref 10x faster (switch
+    # after 50 steps, decay min(0.01 s, 0.3)) as the NFT shapes preset does for its old policy; beta_dpo 10 (the
+    # PickScore preset's), the one change of its 8-trial search that beat the untuned 100 (docs/tuning.md)
     "dgpo": {
         "paper": {"prompts_per_epoch": 8, "images_per_prompt": 16, "rollout_batch_size": 16,
                   "dgpo.train_batch_size": 16, "lora.rank": 64, "lora.alpha": 128},
@@ -229,12 +230,15 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
         "pickscore": {"images_per_prompt": 24, "rollout_batch_size": 12, "dgpo.train_batch_size": 12,
                       "dgpo.beta_dpo": 10.0, "dgpo.kl_beta": 0.001, "dgpo.clip_range": 5e-2, "dgpo.trunc_steps": 6,
                       "dgpo.switch_ema_ref": 200, "dgpo.global_std": True},
-        "shapes": {"dgpo.train_batch_size": 32, "dgpo.switch_ema_ref": 50, "dgpo.ema_ref_rate": 0.01},
+        "shapes": {"dgpo.train_batch_size": 32, "dgpo.switch_ema_ref": 50, "dgpo.ema_ref_rate": 0.01,
+                   "dgpo.beta_dpo": 10.0},
     },
 }
-# the CFG-free DGPO configs are GenEval's: the batch layout and LoRA, not the other tasks' settings
+# the CFG-free DGPO configs are GenEval's: the batch layout and LoRA, not the other tasks' settings (nor the shapes
+# search's beta_dpo, which was tuned with CFG: they keep their variants' 100 and 2000)
 for _name in ("dgpo-wocfg", "dgpo-wocfg-emaref"):
-    METHOD_PRESETS[_name] = {k: METHOD_PRESETS["dgpo"][k] for k in ("paper", "shapes")}
+    METHOD_PRESETS[_name] = {"paper": METHOD_PRESETS["dgpo"]["paper"],
+                             "shapes": {k: v for k, v in METHOD_PRESETS["dgpo"]["shapes"].items() if k != "dgpo.beta_dpo"}}
 
 
 def preset(world: str, task: str) -> dict:

@@ -294,6 +294,10 @@ def test_presets_variants_and_cost():
     assert (o.trunc_steps, o.switch_ema_ref, o.global_std, o.beta_dpo) == (6, 200, True, 100)
     w = resolve({"method": "dgpo-wocfg-emaref", "world": "sd3", "task": "geneval"}, None, [])
     assert (w.dgpo.rollout_guidance, w.dgpo.use_ema_ref, w.dgpo.beta_dpo, w.lora.rank) == (1.0, True, 2000, 64)
+    # shapes: the search's beta_dpo 10 for dgpo only (docs/tuning.md); the CFG-free variants keep their own
+    assert resolve({"method": "dgpo", "world": "shapes"}, None, []).dgpo.beta_dpo == 10
+    assert resolve({"method": "dgpo-wocfg", "world": "shapes"}, None, []).dgpo.beta_dpo == 100
+    assert resolve({"method": "dgpo-wocfg-emaref", "world": "shapes"}, None, []).dgpo.beta_dpo == 2000
     counts = passes_per_image("dgpo", g)
     assert (counts.rollout_forward, counts.train_forward, counts.train_backward) == (20, 12, 4)
     assert counts.forward_equivalents == 40  # spec: 20 + 20
