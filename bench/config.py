@@ -237,8 +237,8 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
 # the CFG-free DGPO configs are GenEval's: the batch layout and LoRA, not the other tasks' settings (nor the shapes
 # search's beta_dpo, which was tuned with CFG: they keep their variants' 100 and 2000)
 for _name in ("dgpo-wocfg", "dgpo-wocfg-emaref"):
-    METHOD_PRESETS[_name] = {"paper": METHOD_PRESETS["dgpo"]["paper"],
-                             "shapes": {k: v for k, v in METHOD_PRESETS["dgpo"]["shapes"].items() if k != "dgpo.beta_dpo"}}
+    _shapes = {k: v for k, v in METHOD_PRESETS["dgpo"]["shapes"].items() if k != "dgpo.beta_dpo"}
+    METHOD_PRESETS[_name] = {"paper": METHOD_PRESETS["dgpo"]["paper"], "shapes": _shapes}
 
 
 def preset(world: str, task: str) -> dict:

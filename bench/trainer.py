@@ -471,8 +471,9 @@ class Trainer:
             bar.advance(self._clock(), completed, score)
             if self.rank == 0:
                 ev = f"eval {score:.3f} | " if score is not None else ""
+                # loss .4g: AWM's loss is ~1e-6
                 tqdm.write(f"epoch {completed:4d} | reward {stats['reward/avg_mean']:.4f} | {ev}"
-                           f"loss {metrics.get('loss', float('nan')):.4g} | {bar.text(self._clock())}")  # .4g: AWM's loss is ~1e-6
+                           f"loss {metrics.get('loss', float('nan')):.4g} | {bar.text(self._clock())}")
             final = values
         bar.close()
         self._save(completed)
