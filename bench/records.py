@@ -17,7 +17,8 @@ Why this shape:
 * **One writer per run**: a recorder holds an exclusive lock on its run folder (``flock`` on ``.writer.lock``,
   which Linux's NFS client maps to NFS locks) from the moment it opens until its process ends or drops it, so a
   second process opening the same run -- a duplicate job, a second ``--run-id`` -- is refused with
-  :class:`RunLockedError` before it writes or deletes anything. A killed writer's lock goes with its process.
+  :class:`bench.runlock.RunLockedError` before it writes or deletes anything (``bench/runlock.py``). A killed
+  writer's lock goes with its process.
 * **Resuming without duplicates**: a recorder opened on an existing run knows the last epoch on disk
   (:meth:`RunRecorder.last_epoch`); logging an epoch at or before it raises :class:`EpochAlreadyFlushedError`
   instead of silently double-counting it.
@@ -36,14 +37,9 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import secrets
-import socket
-import subprocess
 import time
-import weakref
-from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -51,10 +47,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-try:
-    import fcntl
-except ImportError:  # Windows: no POSIX locks, runs go unlocked
-    fcntl = None  # type: ignore[assignment]
+from bench.provenance import collect_provenance
+from bench.runlock import writer_lock
 
 logger = logging.getLogger(__name__)
 
@@ -78,100 +72,14 @@ KNOWN_METHODS: tuple[str, ...] = ("nft", "flowgrpo", "flowgrpo-fast", "grpo-guar
                                    "dgpo-wocfg", "dgpo-wocfg-emaref", "cfg")
 
 META_FILE = "meta.json"
-LOCK_FILE = ".writer.lock"
 RECORDS_DIR = "records"
 _PART_NAME = re.compile(r"^part-(\d{6})(?:-(\d{6}))?\.parquet$")  # part-<n> or compacted part-<first>-<last>
 _STALE_COMPACTION = ".part-??????-??????.parquet.tmp-*"  # the temp file of a compaction that was killed
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "numpy", "pandas", "pyarrow")
-_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST")
 
 
 class EpochAlreadyFlushedError(ValueError):
     """An epoch that is already on disk was logged again; a resumed run must start at ``last_epoch() + 1``."""
-
-
-class RunLockedError(RuntimeError):
-    """Another process is writing the run (a second job or process for the same run id); nothing was written."""
-
-
-class WriterLock:
-    """This process's exclusive lock on one run folder (see "One writer per run" above).
-
-    Every recorder of the run in this process shares one lock (:func:`writer_lock`); it is released, and its file
-    removed, when the last of them is gone or the process exits. The file names the holder for the refusal message.
-    """
-
-    def __init__(self, run_dir: Path, run_id: str) -> None:
-        self.path = run_dir / LOCK_FILE
-        self.fd = _lock_file(self.path, run_id)
-        if self.fd is not None:
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                      "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, json.dumps(holder).encode())
-            weakref.finalize(self, _unlock_file, self.path, self.fd, os.getpid())
-
-
-_WRITERS: "weakref.WeakValueDictionary[str, WriterLock]" = weakref.WeakValueDictionary()
-
-
-def writer_lock(run_dir: Path, run_id: str) -> WriterLock:
-    """The lock on ``run_dir`` that this process holds, taken now if it holds none; :class:`RunLockedError` when
-    another process holds it."""
-    key = str(run_dir.resolve())
-    lock = _WRITERS.get(key)
-    if lock is None:
-        lock = _WRITERS[key] = WriterLock(run_dir, run_id)
-    return lock
-
-
-def _lock_file(path: Path, run_id: str) -> int | None:
-    """An open descriptor of ``path`` holding its exclusive lock; None where the filesystem has no locks.
-
-    A holder that ends removes the file: a lock taken on a file that was removed meanwhile is taken again on the
-    file now at ``path``, so two processes can never both hold the lock of one path."""
-    if fcntl is None:
-        return None
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError):
-            os.close(fd)
-            raise RunLockedError(_held_message(path, run_id)) from None
-        except OSError as err:  # e.g. ENOLCK: a filesystem without locks
-            os.close(fd)
-            logger.warning("run %s: cannot lock %s (%s); a second writer would not be refused", run_id, path, err)
-            return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-
-
-def _unlock_file(path: Path, fd: int, owner: int) -> None:
-    """Release a lock: remove its file while still holding it, then close it (which releases the lock). Only the
-    process that took it does: a forked child that exits must leave its parent's lock alone."""
-    if os.getpid() == owner:
-        path.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def _held_message(path: Path, run_id: str) -> str:
-    """Why run ``run_id`` cannot be opened, naming the process that holds its lock and how to proceed."""
-    try:
-        holder = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        holder = {}
-    job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{job}"
-    stop = f"scancel {holder['slurm_job_id']}" if holder.get("slurm_job_id") else f"kill {holder.get('pid', '<pid>')}"
-    return (f"run {run_id} is being written by another process ({who}): a second job or process for the same run "
-            f"id is refused before it writes anything; wait for that one to end, or stop it ({stop}) and run again")
 
 
 def make_run_id(method: str, reward: str, seed: int, stamp: str | None = None) -> str:
@@ -197,66 +105,6 @@ def check_run_id(run_id: str) -> str:
 def _slug(text: object) -> str:
     """Replace everything but letters, digits, '.' and '-' (e.g. the ':' and ',' of a reward spec) by '-'."""
     return re.sub(r"[^A-Za-z0-9.-]+", "-", str(text)).strip("-") or "x"
-
-
-def collect_provenance() -> dict[str, Any]:
-    """What produced a run: git commit (+ whether tracked files were modified), versions, host and hardware.
-
-    Every field degrades to ``None`` / empty rather than failing: provenance must never stop a run from starting.
-    """
-    repo = Path(__file__).resolve().parents[1]
-    commit = _git(repo, "rev-parse", "HEAD")
-    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
-    return {
-        "git_commit": commit,
-        "git_dirty": None if commit is None or status is None else bool(status),
-        "python": platform.python_version(),
-        "packages": {name: _package_version(name) for name in _PACKAGES},
-        "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": _torch_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "platform": platform.platform(),
-        "gpus": _gpu_names(),
-        "slurm": {name: os.environ[name] for name in _SLURM_VARS if name in os.environ},
-    }
-
-
-def _torch_threads() -> int | None:
-    """Intra-op threads torch computes with (runs side by side with ``OMP_NUM_THREADS=1`` say so here)."""
-    try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:
-        return None
-
-
-def _git(repo: Path, *args: str) -> str | None:
-    """Output of a read-only git command, or None when git or the commit is unavailable."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # never take the index lock: other runs may be using git
-    try:
-        done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _gpu_names() -> list[str]:
-    try:
-        import torch  # imported lazily: reading results must not need torch
-    except ImportError:
-        return []
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -33,7 +33,8 @@ import submitit
 
 from bench.cli import at_least
 from bench.config import RunConfig, flatten, set_path
-from bench.records import WriterLock, make_run_id, writer_lock
+from bench.records import make_run_id
+from bench.runlock import WriterLock, writer_lock
 from slurm import scheduler
 from slurm.checks import Request, check_resolvable, request_problem, sbatch_refusal
 from slurm.tasks import DONE_FILE, MANIFEST, append_manifest, live_tasks, run_is_done, wait, write_done  # noqa: F401
@@ -103,7 +104,7 @@ class TrainTask(submitit.helpers.Checkpointable):
 
 
 def _hold_run(cfg: RunConfig) -> WriterLock:
-    """Take the run's writer lock now (the Trainer's recorder shares it): :class:`bench.records.RunLockedError` when
+    """Take the run's writer lock now (the Trainer's recorder shares it): :class:`bench.runlock.RunLockedError` when
     another process writes the run, e.g. a job submitted twice by hand."""
     run_dir = Path(cfg.out) / cfg.run_id
     run_dir.mkdir(parents=True, exist_ok=True)

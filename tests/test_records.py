@@ -17,11 +17,11 @@ from bench.records import (
     COLUMNS,
     EpochAlreadyFlushedError,
     RunRecorder,
-    collect_provenance,
     load_results,
     make_run_id,
     wide,
 )
+from bench.provenance import collect_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 META = {"method": "nft", "world": "toy", "reward": "geneval", "seed": 3, "provenance": {"test": True}}
