@@ -102,6 +102,7 @@ def test_build_writes_plots_and_keeps_measured_and_published_tables_apart(tmp_pa
     assert "published: DiffusionNFT (arXiv 2509.16117) Fig. 1a / Fig. 6, read-off-plot" in text
     assert "| flowgrpo final = 0.450 | 4.5 h | > 20 h (1/2 seeds reached) | > 4.4x" in text  # ablation run left out
     assert "1 runs carry an `ablation` label" in text
+    assert f"from `{tmp_path / 'results'}` (5 runs) and" in text  # 2 + 2 seeds and the ablation run; no other folder
     for table in text.split("\n\n"):  # no table holds both a measured (toy) row and a published one
         assert not ("| nft |" in table and "published:" in table)
 
@@ -154,3 +155,13 @@ def test_tuning_cli_reads_at_the_given_checkpoints(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--results", str(tmp_path), "--at", "0,x"])
     assert stop.value.code == 2 and "--at '0,x': give positive seconds" in capsys.readouterr().err
+
+
+def test_build_names_every_folder_it_reads_with_its_run_count(tmp_path):
+    synthetic_store(tmp_path / "results" / "headline")  # 4 runs
+    write_run(tmp_path / "results", "nft", 0, 3, 1.0, 0.1, 0.0)  # 1 run in the default comparison
+    write_run(tmp_path / "results" / "ablations", "nft", 0, 3, 1.0, 0.1, 0.0, ablation="nft preset")
+    text = build(tmp_path / "results", tmp_path / "out", n_boot=10).read_text()
+    root = tmp_path / "results"
+    assert (f"from `{root / 'headline'}` (4 runs), `{root}` (1 runs), `{root / 'ablations'}` (1 runs) and"
+            in text)
