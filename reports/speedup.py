@@ -17,7 +17,8 @@ Conventions, so every number can be checked by hand (grouping and clocks: :mod:`
   final; one that peaks and declines (FlowGRPO's long shapes runs) has best > final.
 * **Targets** of a pair (A, B): B's final, A's final, B's best and A's best (each only where it is above that
   method's final), each CFG baseline's level (the mean of its runs' only evaluation; a level, never a method with
-  a time), then each method's own start + 0.02 / + 0.05 / + 0.10.
+  a time), then each method's own start + 0.02 / + 0.05 / + 0.10 (once, named after both, where the two
+  start at the same score).
 * **Time to target, per seed**: the first clock value where the curve is ``>= target``, linearly interpolated
   between the last evaluation below and the first at or above (``monotone=True`` first replaces y by its
   non-decreasing least-squares fit, so one lucky noisy evaluation cannot claim an early crossing). A seed that
@@ -237,8 +238,11 @@ def targets(a: SeedCurves, b: SeedCurves, a_label: str, b_label: str,
         if best > final_level(own) + 1e-12:
             found.append((f"{label} best", best))
     found += levels
-    for label, own in ((a_label, a), (b_label, b)):
-        found += [(f"{label} start + {delta:.2f}", start_level(own) + delta) for delta in DELTAS]
+    starts = [(a_label, start_level(a)), (b_label, start_level(b))]
+    if abs(starts[0][1] - starts[1][1]) < 1e-9:  # one start (same base model and evaluation): its targets once
+        starts = [(f"{a_label} / {b_label}", starts[0][1])]
+    for label, start in starts:
+        found += [(f"{label} start + {delta:.2f}", start + delta) for delta in DELTAS]
     return found
 
 

@@ -32,7 +32,7 @@ def table(a=A, b=B, levels=((CFG, 0.36),), **kw):
 
 
 def test_reached_by_both_interpolates_each_seed_and_divides_mean_times():
-    row = table().loc["nft start + 0.05"]  # target 0.35
+    row = table().loc["nft / flowgrpo start + 0.05"]  # target 0.35
     # A: 0 + 0.05 / 0.10 * 100 = 50 and 0 + 0.05 / 0.06 * 50 = 41.67; B: 400 + 0.01 / 0.08 * 400 = 450 and 300
     assert row["target_value"] == pytest.approx(0.35)
     assert row["time_a"] == pytest.approx((50 + 125 / 3) / 2) and row["time_b"] == pytest.approx(375.0)
@@ -109,7 +109,7 @@ def test_target_met_at_start_prints_a_sentence_not_a_zero():
 
 def test_bootstrap_collapses_to_the_point_when_all_seeds_are_equal():
     same_a, same_b = [A[0], A[0], A[0]], [B[0], B[0]]
-    row = table(a=same_a, b=same_b).loc["nft start + 0.05"]  # A: 50 s, B: 450 s in every resample
+    row = table(a=same_a, b=same_b).loc["nft / flowgrpo start + 0.05"]  # A: 50 s, B: 450 s in every resample
     assert row["speedup"] == pytest.approx(9.0) and row["ci_low"] == pytest.approx(9.0)
     assert row["ci_high"] == pytest.approx(9.0) and row["speedup_text"] == "9.0x [9.0x .. 9.0x]"
 
@@ -185,11 +185,12 @@ def test_cpu_budgeted_runs_are_timed_on_cpu_seconds(tmp_path):
     comparison_store(tmp_path, cpu=True)
     text = speedup_markdown(tmp_path, n_boot=2000)
     assert "clock: training CPU time (evaluation excluded) (`cum/cpu_s`)" in text
-    assert "| target | time nft (no CFG) (CPU time) | time flowgrpo (CFG 4.5) (CPU time) | speedup [95 % CI] | seeds (nft (no CFG) / flowgrpo (CFG 4.5)) |" \
-        in text
-    assert "| nft (no CFG) start + 0.05 = 0.350 | 46 s | 375 s | 8.2x [6.0x .. 11x] | 2 / 2 |" in text  # not 2x wall
+    assert ("| target | time nft (no CFG) (CPU time) | time flowgrpo (CFG 4.5) (CPU time) | speedup [95 % CI] | "
+            "seeds (nft (no CFG) / flowgrpo (CFG 4.5)) |") in text
+    assert ("| nft (no CFG) / flowgrpo (CFG 4.5) start + 0.05 = 0.350 | 46 s | 375 s | 8.2x [6.0x .. 11x] | 2 / 2 |"
+            in text)  # not 2x wall
     wall = speedup_markdown(tmp_path, n_boot=100, clock="wall")
-    assert "| nft (no CFG) start + 0.05 = 0.350 | 92 s | 12 min |" in wall
+    assert "| nft (no CFG) / flowgrpo (CFG 4.5) start + 0.05 = 0.350 | 92 s | 12 min |" in wall
 
 
 def test_cfg_level_is_a_line_and_curves_have_monotone_x_on_a_common_grid(tmp_path):
@@ -279,3 +280,13 @@ def test_headline_gives_the_other_methods_speedups_against_both(tmp_path):
     # against nft: nft's final 0.50 (both seeds end there), awm at 100 s, nft at (200 + 150) / 2 = 175 s: 1.75x
     assert "| awm (no CFG) | nft (no CFG) | toy (geneval) | nft (no CFG) final = 0.500 | 100 s | 175 s | 1.8x" in claims
     assert "| awm | flowgrpo | any task | 24x" in claims  # the paper's claim under the measured rows
+
+
+def test_start_targets_appear_once_when_both_methods_start_at_one_score():
+    shared = table(levels=())  # A and B both start at 0.30
+    assert [t for t in shared.index if "start +" in t] == [f"nft / flowgrpo start + {d}" for d in ("0.02", "0.05",
+                                                                                                   "0.10")]
+    apart = table(b=[curve([0, 400], [0.40, 0.50]), curve([0, 400], [0.40, 0.52])], levels=())  # B from 0.40
+    starts = [(t, round(v, 6)) for t, v in apart["target_value"].items() if "start +" in t]
+    assert starts == [("nft start + 0.02", 0.32), ("nft start + 0.05", 0.35), ("nft start + 0.10", 0.4),
+                      ("flowgrpo start + 0.02", 0.42), ("flowgrpo start + 0.05", 0.45), ("flowgrpo start + 0.10", 0.5)]
