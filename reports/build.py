@@ -6,8 +6,8 @@
 writes PNG plots and ``report.md``:
 
 1. **Headline: NFT vs FlowGRPO**, when the headline folder (default ``<results>/headline``) holds runs: the
-   speedup tables (NFT as A, FlowGRPO as B), every other method's speedup over each of them beside the papers'
-   claims, the curves and the final table of those runs.
+   speedup table (NFT as A, FlowGRPO as B), every other method's speedup tables against each of them (it as A),
+   its speedup over each beside the papers' claims, the curves and the final table of those runs.
 2. **Default comparison**: the same for the runs directly under ``<results>`` without an ablation label, every
    pair of methods, plus each method's speedup over FlowGRPO and over NFT beside the papers' claimed speedups
    (:mod:`reports.claims`).
@@ -40,7 +40,9 @@ from bench.cli import at_least, existing_dir  # noqa: E402
 from bench.records import load_results  # noqa: E402
 from reports.ablations import family_panels, findings_table  # noqa: E402
 from reports.claims import claims_section  # noqa: E402
-from reports.groups import CLOCK_CHOICES, EPOCHS, Clock, Group, Panel, clock_length, panels, run_table  # noqa: E402
+from reports.groups import (  # noqa: E402
+    CLOCK_CHOICES, EPOCHS, METHOD_ORDER, Clock, Group, Panel, clock_length, panels, run_table,
+)
 from reports.markdown import fmt, markdown_table  # noqa: E402,F401  (fmt, markdown_table: public here too)
 from reports.speedup import (  # noqa: E402
     baseline_levels, format_seconds, group_curves, mean_curve, pair_markdown, time_unit,
@@ -170,6 +172,14 @@ def repeats_lines(all_panels: list[Panel]) -> list[str]:
             f"counts once, in {g.label})." for p in all_panels for g in p.groups for run, kept in g.repeats.items()]
 
 
+def others_against(panel: Panel, pair: tuple[str, str]) -> list[tuple[Group, Group]]:
+    """(other, base) for every trained group of a method outside ``pair`` and each group of ``pair``'s methods
+    (:data:`reports.groups.METHOD_ORDER`): the headline folder's AWM, DGPO, ... each against NFT and FlowGRPO."""
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    ordered = sorted(panel.trained, key=lambda g: (rank.get(g.method, len(rank)), g.method, g.label))
+    return [(x, y) for x in ordered if x.method not in pair for m in pair for y in ordered if y.method == m]
+
+
 def section(title: str, df: pd.DataFrame, runs: pd.DataFrame, out: Path, stem: str, clock: str, n_boot: int,
             monotone: bool, a: str | None = None, b: str | None = None,
             published: pd.DataFrame | None = None) -> list[str]:
@@ -185,6 +195,9 @@ def section(title: str, df: pd.DataFrame, runs: pd.DataFrame, out: Path, stem: s
         lines += [pair_markdown(df, panel, x, y, n_boot, monotone=monotone) + "\n" for x, y in pairs] or [
             f"- {panel.reward} ({panel.world}): no speedup: needs two trained methods "
             f"({a or 'any'} vs {b or 'any'}) with `{panel.metric}`; found {[g.label for g in panel.groups]}.", ""]
+        if a is not None and b is not None:  # every other method of the folder against both
+            for x, y in others_against(panel, (a, b)):
+                lines += [pair_markdown(df, panel, x, y, n_boot, monotone=monotone) + "\n"]
     lines += repeats_lines(all_panels) + [""]
     if published is not None:
         lines += claims_section(df, all_panels, published, n_boot)

@@ -280,6 +280,11 @@ def test_headline_gives_the_other_methods_speedups_against_both(tmp_path):
     # against nft: nft's final 0.50 (both seeds end there), awm at 100 s, nft at (200 + 150) / 2 = 175 s: 1.75x
     assert "| awm (no CFG) | nft (no CFG) | toy (geneval) | nft (no CFG) final = 0.500 | 100 s | 175 s | 1.8x" in claims
     assert "| awm | flowgrpo | any task | 24x" in claims  # the paper's claim under the measured rows
+    speedups = head[head.index("### Speedup"):head.index("### Claimed vs measured speedup")]
+    order = [line.split(" -- ")[0] for line in speedups.splitlines() if line.startswith("**geneval (toy)")]
+    assert order == ["**geneval (toy): nft (no CFG) vs flowgrpo (CFG 4.5)**", "**geneval (toy): awm (no CFG) vs nft "
+                     "(no CFG)**", "**geneval (toy): awm (no CFG) vs flowgrpo (CFG 4.5)**"]  # the full tables too
+    assert "| nft (no CFG) final = 0.500 | 100 s | 175 s | 1.8x" in speedups.split("awm (no CFG) vs nft")[1]
 
 
 def test_start_targets_appear_once_when_both_methods_start_at_one_score():
