@@ -81,12 +81,21 @@ def _colors(panel: Panel) -> dict[str, str]:
             else next(spare, "black") for g in panel.trained}  # C3 and C7 (red, grey) are the CFG levels
 
 
-def draw_panel(ax, df: pd.DataFrame, panel: Panel, clock: Clock) -> None:
-    """One panel: per trained group its seeds (thin) and their mean on a common grid (thick); CFG levels dashed."""
+def shortest_end(df: pd.DataFrame, panel: Panel, clock: Clock) -> tuple[float, float]:
+    """(the earliest last evaluation of any trained group's longest seed, the latest of all) on ``clock``: a panel
+    whose longest run outlasts the others many times over gets a second axis up to the first (:func:`plot_panel`)."""
+    ends = [max((float(x.max()) for x, _ in seeds), default=0.0) for seeds in
+            (group_curves(df, g, panel.metric, clock) for g in panel.trained) if seeds] if panel.metric else []
+    return (min(ends), max(ends)) if ends else (0.0, 0.0)
+
+
+def draw_panel(ax, df: pd.DataFrame, panel: Panel, clock: Clock, until: float | None = None) -> None:
+    """One panel: per trained group its seeds (thin) and their mean on a common grid (thick); CFG levels dashed.
+    ``until`` shows only the clock up to that value (its y range fitted to what is shown)."""
     metric = panel.metric
     drawn = {g.label: group_curves(df, g, metric, clock) for g in panel.trained} if metric else {}
     longest = max((float(x.max()) for seeds in drawn.values() for x, _ in seeds), default=0.0)
-    unit, size = ("", 1.0) if clock is EPOCHS else time_unit(longest)
+    unit, size = ("", 1.0) if clock is EPOCHS else time_unit(until or longest)
     colors = _colors(panel)
     for label, seeds in drawn.items():
         for x, y in seeds:
@@ -101,17 +110,27 @@ def draw_panel(ax, df: pd.DataFrame, panel: Panel, clock: Clock) -> None:
         color, style = LEVEL_STYLES[i % len(LEVEL_STYLES)]
         ax.axhline(level, color=color, linestyle=style, label=f"{label}: {level:.3f}")
     ax.set_title(f"{panel.reward} ({panel.world})")
+    if until:
+        shown = [v for seeds in drawn.values() for x, y in seeds for v in y[x <= until * 1.001]]
+        shown += [level for _, level in (baseline_levels(df, panel, metric) if metric else [])]
+        pad = 0.05 * (max(shown) - min(shown) or 1.0)
+        ax.set_xlim(-0.02 * until / size, until * 1.02 / size)
+        ax.set_ylim(min(shown) - pad, max(shown) + pad)
+        ax.set_title(f"{panel.reward} ({panel.world}), the first {until / size:.0f} {unit}")
     ax.set_xlabel(clock.description if clock is EPOCHS else f"{clock.description} [{unit}]")
     ax.set_ylabel(metric or "no headline metric")
 
 
 def plot_panel(df: pd.DataFrame, panel: Panel, path: Path, title: str,
-               clocks: tuple[Clock | None, ...] = (None,)) -> Path:
+               clocks: tuple[Clock | None, ...] = (None,), zoom: bool = False) -> Path:
     """One figure for one panel, an axis per entry of ``clocks`` (None: the panel's own clock) and one legend below
-    them (group labels can be long); returns ``path``."""
-    fig, axes = plt.subplots(1, len(clocks), figsize=(6.5 * len(clocks), 4.5), squeeze=False)
-    for ax, clock in zip(axes.flat, clocks):
-        draw_panel(ax, df, panel, clock or panel.clock)
+    them (group labels can be long); returns ``path``. ``zoom``: where one group ran over twice as long as another,
+    a second axis shows the panel's clock up to the shorter one's end (the budget they share)."""
+    first, last = shortest_end(df, panel, panel.clock) if zoom and panel.clock is not EPOCHS else (0.0, 0.0)
+    axes_spec = [(c or panel.clock, None) for c in clocks] + ([(panel.clock, first)] if first * 2 < last else [])
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(6.5 * len(axes_spec), 4.5), squeeze=False)
+    for ax, (clock, until) in zip(axes.flat, axes_spec):
+        draw_panel(ax, df, panel, clock, until)
     fig.suptitle(title)
     fig.tight_layout()
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -204,7 +223,8 @@ def section(title: str, df: pd.DataFrame, runs: pd.DataFrame, out: Path, stem: s
     lines += ["### Curves", ""]
     for panel in all_panels:
         path = out / f"{stem}_{slug(panel.world)}_{slug(panel.reward)}.png"
-        plot_panel(df, panel, path, f"{title}: {panel.reward} ({panel.world}); thin = seeds, thick = mean of seeds")
+        plot_panel(df, panel, path, f"{title}: {panel.reward} ({panel.world}); thin = seeds, thick = mean of seeds",
+                   zoom=True)
         lines += [f"![{title}, {panel.reward} ({panel.world})]({path.name})", ""]
     lines += ["### Final evaluation (measured, this harness)", ""]
     for world in sorted({p.world for p in all_panels}):
