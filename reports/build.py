@@ -41,7 +41,7 @@ from bench.records import load_results  # noqa: E402
 from reports.ablations import family_panels, findings_table  # noqa: E402
 from reports.claims import claims_section  # noqa: E402
 from reports.groups import (  # noqa: E402
-    CLOCK_CHOICES, EPOCHS, METHOD_ORDER, Clock, Group, Panel, clock_length, panels, run_table,
+    CLOCK_CHOICES, EPOCHS, Clock, Group, Panel, clock_length, panels, run_table,
 )
 from reports.markdown import fmt, markdown_table  # noqa: E402,F401  (fmt, markdown_table: public here too)
 from reports.speedup import (  # noqa: E402
@@ -81,19 +81,27 @@ def _colors(panel: Panel) -> dict[str, str]:
             else next(spare, "black") for g in panel.trained}  # C3 and C7 (red, grey) are the CFG levels
 
 
-def shortest_end(df: pd.DataFrame, panel: Panel, clock: Clock) -> tuple[float, float]:
-    """(the earliest last evaluation of any trained group's longest seed, the latest of all) on ``clock``: a panel
-    whose longest run outlasts the others many times over gets a second axis up to the first (:func:`plot_panel`)."""
-    ends = [max((float(x.max()) for x, _ in seeds), default=0.0) for seeds in
-            (group_curves(df, g, panel.metric, clock) for g in panel.trained) if seeds] if panel.metric else []
+def panel_curves(df: pd.DataFrame, panel: Panel, clock: Clock) -> dict[str, list]:
+    """Each trained group's seed curves ``(x, y)`` of the panel's metric on ``clock``, by group label."""
+    return {g.label: group_curves(df, g, panel.metric, clock) for g in panel.trained} if panel.metric else {}
+
+
+def shortest_end(curves: dict[str, list]) -> tuple[float, float]:
+    """(the earliest last evaluation of any group's longest seed, the latest of all) of :func:`panel_curves`: a
+    panel whose longest run outlasts the others many times over gets a second axis up to the first
+    (:func:`plot_panel`)."""
+    ends = [max(float(x.max()) for x, _ in seeds) for seeds in curves.values() if seeds]
     return (min(ends), max(ends)) if ends else (0.0, 0.0)
 
 
-def draw_panel(ax, df: pd.DataFrame, panel: Panel, clock: Clock, until: float | None = None) -> None:
+def draw_panel(ax, df: pd.DataFrame, panel: Panel, clock: Clock, until: float | None = None,
+               curves: dict[str, list] | None = None) -> None:
     """One panel: per trained group its seeds (thin) and their mean on a common grid (thick); CFG levels dashed.
-    ``until`` shows only the clock up to that value (its y range fitted to what is shown)."""
+    ``until`` shows only the clock up to that value (its y range fitted to what is shown); ``curves``: the
+    panel's :func:`panel_curves` on ``clock`` when the caller has them."""
     metric = panel.metric
-    drawn = {g.label: group_curves(df, g, metric, clock) for g in panel.trained} if metric else {}
+    drawn = panel_curves(df, panel, clock) if curves is None else curves
+    levels = baseline_levels(df, panel, metric) if metric else []
     longest = max((float(x.max()) for seeds in drawn.values() for x, _ in seeds), default=0.0)
     unit, size = ("", 1.0) if clock is EPOCHS else time_unit(until or longest)
     colors = _colors(panel)
@@ -106,13 +114,13 @@ def draw_panel(ax, df: pd.DataFrame, panel: Panel, clock: Clock, until: float | 
                     label=f"{label} (mean of {len(seeds)} seeds)")
         elif seeds:
             ax.plot(seeds[0][0] / size, seeds[0][1], color=colors[label], linewidth=1.8, label=f"{label} (1 seed)")
-    for i, (label, level) in enumerate(baseline_levels(df, panel, metric) if metric else []):
+    for i, (label, level) in enumerate(levels):
         color, style = LEVEL_STYLES[i % len(LEVEL_STYLES)]
         ax.axhline(level, color=color, linestyle=style, label=f"{label}: {level:.3f}")
     ax.set_title(f"{panel.reward} ({panel.world})")
     if until:
         shown = [v for seeds in drawn.values() for x, y in seeds for v in y[x <= until * 1.001]]
-        shown += [level for _, level in (baseline_levels(df, panel, metric) if metric else [])]
+        shown += [level for _, level in levels]
         pad = 0.05 * (max(shown) - min(shown) or 1.0)
         ax.set_xlim(-0.02 * until / size, until * 1.02 / size)
         ax.set_ylim(min(shown) - pad, max(shown) + pad)
@@ -126,11 +134,12 @@ def plot_panel(df: pd.DataFrame, panel: Panel, path: Path, title: str,
     """One figure for one panel, an axis per entry of ``clocks`` (None: the panel's own clock) and one legend below
     them (group labels can be long); returns ``path``. ``zoom``: where one group ran over twice as long as another,
     a second axis shows the panel's clock up to the shorter one's end (the budget they share)."""
-    first, last = shortest_end(df, panel, panel.clock) if zoom and panel.clock is not EPOCHS else (0.0, 0.0)
+    own = panel_curves(df, panel, panel.clock)  # drawn on every axis of the panel's own clock
+    first, last = shortest_end(own) if zoom and panel.clock is not EPOCHS else (0.0, 0.0)
     axes_spec = [(c or panel.clock, None) for c in clocks] + ([(panel.clock, first)] if first * 2 < last else [])
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(6.5 * len(axes_spec), 4.5), squeeze=False)
     for ax, (clock, until) in zip(axes.flat, axes_spec):
-        draw_panel(ax, df, panel, clock, until)
+        draw_panel(ax, df, panel, clock, until, own if clock is panel.clock else None)
     fig.suptitle(title)
     fig.tight_layout()
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -193,9 +202,8 @@ def repeats_lines(all_panels: list[Panel]) -> list[str]:
 
 def others_against(panel: Panel, pair: tuple[str, str]) -> list[tuple[Group, Group]]:
     """(other, base) for every trained group of a method outside ``pair`` and each group of ``pair``'s methods
-    (:data:`reports.groups.METHOD_ORDER`): the headline folder's AWM, DGPO, ... each against NFT and FlowGRPO."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    ordered = sorted(panel.trained, key=lambda g: (rank.get(g.method, len(rank)), g.method, g.label))
+    (in :attr:`Panel.ordered`): the headline folder's AWM, DGPO, ... each against NFT and FlowGRPO."""
+    ordered = panel.ordered
     return [(x, y) for x in ordered if x.method not in pair for m in pair for y in ordered if y.method == m]
 
 

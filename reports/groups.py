@@ -98,11 +98,16 @@ class Panel:
     def baselines(self) -> list[Group]:
         return [g for g in self.groups if not g.trained]
 
+    @property
+    def ordered(self) -> list[Group]:
+        """The trained groups in :data:`METHOD_ORDER` (then by method name and label)."""
+        rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+        return sorted(self.trained, key=lambda g: (rank.get(g.method, len(rank)), g.method, g.label))
+
     def pairs(self, a: str | None = None, b: str | None = None) -> list[tuple[Group, Group]]:
         """(A, B) for every two trained groups of different methods, A's method first in :data:`METHOD_ORDER`;
         ``a`` / ``b`` keep only pairs of those methods."""
-        rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-        ordered = sorted(self.trained, key=lambda g: (rank.get(g.method, len(rank)), g.method, g.label))
+        ordered = self.ordered
         found = [(x, y) for i, x in enumerate(ordered) for y in ordered[i + 1:] if x.method != y.method]
         return [(x, y) for x, y in found if (a is None or x.method == a) and (b is None or y.method == b)]
 

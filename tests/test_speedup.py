@@ -300,13 +300,13 @@ def test_start_targets_appear_once_when_both_methods_start_at_one_score():
 def test_a_panel_whose_runs_differ_in_length_gets_an_axis_up_to_the_shorter_one(tmp_path):
     from PIL import Image
 
-    from reports.build import plot_panel, shortest_end
+    from reports.build import panel_curves, plot_panel, shortest_end
 
     write_curve(tmp_path, "short", "nft", 0, [(0, 0.30), (50, 0.40), (100, 0.45)])
     write_curve(tmp_path, "long", "flowgrpo", 0, [(0, 0.40), (500, 0.42), (1000, 0.20)])
     df = load_results(tmp_path)
     (panel,) = panels(df, run_table(df, tmp_path))
-    assert shortest_end(df, panel, panel.clock) == (100.0, 1000.0)
+    assert shortest_end(panel_curves(df, panel, panel.clock)) == (100.0, 1000.0)
     one = Image.open(plot_panel(df, panel, tmp_path / "one.png", "t")).size
     two = Image.open(plot_panel(df, panel, tmp_path / "two.png", "t", zoom=True)).size
     assert two[0] > 1.6 * one[0] and abs(two[1] - one[1]) < 0.1 * one[1]  # a second axis beside the first
@@ -315,5 +315,5 @@ def test_a_panel_whose_runs_differ_in_length_gets_an_axis_up_to_the_shorter_one(
     write_curve(near, "mid", "flowgrpo", 0, [(0, 0.40), (75, 0.42), (150, 0.44)])
     df = load_results(near)
     (panel,) = panels(df, run_table(df, near))
-    assert shortest_end(df, panel, panel.clock) == (100.0, 150.0)
+    assert shortest_end(panel_curves(df, panel, panel.clock)) == (100.0, 150.0)
     assert Image.open(plot_panel(df, panel, tmp_path / "three.png", "t", zoom=True)).size[0] < 1.2 * one[0]
