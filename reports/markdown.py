@@ -15,6 +15,11 @@ def fmt(value: object) -> str:
     return "" if value is None or value is pd.NA else str(value)
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``count(1, "run")`` -> "1 run", ``count(3, "seed")`` -> "3 seeds"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub Markdown table of ``df`` (cells through :func:`fmt`, ``|`` escaped)."""
     cells = [[fmt(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]

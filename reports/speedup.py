@@ -53,7 +53,7 @@ import pandas as pd
 
 from bench.records import load_results
 from reports.groups import CLOCK_CHOICES, EPOCHS, Clock, Group, Panel, panels, run_table
-from reports.markdown import markdown_table
+from reports.markdown import count, markdown_table
 
 SeedCurves = list[tuple[np.ndarray, np.ndarray]]  # per seed: (x in seconds, y), sorted by x
 DELTAS = (0.02, 0.05, 0.10)  # targets: each method's own start + these
@@ -356,7 +356,7 @@ def pair_markdown(df: pd.DataFrame, panel: Panel, a: Group, b: Group, n_boot: in
                   monotone: bool = False, ci: float = 0.95) -> str:
     """Caption and speedup table of one pair of groups in one panel (a sentence when a side has no curve)."""
     metric = panel.metric
-    sides = "; ".join(f"{letter} = {g.label} ({len(g.runs)} seed{'s' * (len(g.runs) > 1)}: {', '.join(g.runs)})"
+    sides = "; ".join(f"{letter} = {g.label} ({count(len(g.runs), 'seed')}: {', '.join(g.runs)})"
                       for letter, g in (("A", a), ("B", b)))
     title = f"**{panel.reward} ({panel.world}): {a.label} vs {b.label}**"
     curves_a = group_curves(df, a, metric, panel.clock) if metric else []

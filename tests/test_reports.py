@@ -8,9 +8,14 @@ import pytest
 
 from bench.records import RunRecorder, load_results
 from reports.build import build, load_published
+from reports.markdown import count
 from reports.speedup import isotonic, speedup_markdown, speedup_table, time_to_reach
 
 TAGS = ("single_object", "position")
+
+
+def test_count_is_singular_only_for_one():
+    assert [count(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
 
 
 def test_time_to_reach_interpolates_between_points():
@@ -101,7 +106,7 @@ def test_build_writes_plots_and_keeps_measured_and_published_tables_apart(tmp_pa
     assert "published: FlowGRPO (arXiv 2505.05470 v5) GenEval per task, exact" in text
     assert "published: DiffusionNFT (arXiv 2509.16117) Fig. 1a / Fig. 6, read-off-plot" in text
     assert "| flowgrpo final = 0.450 | 4.5 h | > 20 h (1/2 seeds reached) | > 4.4x" in text  # ablation run left out
-    assert "1 runs carry an `ablation` label" in text
+    assert "Runs with an `ablation` label (1 run) appear only under Ablations" in text
     assert f"from `{tmp_path / 'results'}` (5 runs) and" in text  # 2 + 2 seeds and the ablation run; no other folder
     for table in text.split("\n\n"):  # no table holds both a measured (toy) row and a published one
         assert not ("| nft |" in table and "published:" in table)
@@ -163,5 +168,5 @@ def test_build_names_every_folder_it_reads_with_its_run_count(tmp_path):
     write_run(tmp_path / "results" / "ablations", "nft", 0, 3, 1.0, 0.1, 0.0, ablation="nft preset")
     text = build(tmp_path / "results", tmp_path / "out", n_boot=10).read_text()
     root = tmp_path / "results"
-    assert (f"from `{root / 'headline'}` (4 runs), `{root}` (1 runs), `{root / 'ablations'}` (1 runs) and"
+    assert (f"from `{root / 'headline'}` (4 runs), `{root}` (1 run), `{root / 'ablations'}` (1 run) and"
             in text)
