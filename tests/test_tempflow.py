@@ -21,13 +21,6 @@ from tests.tiny import tiny_config, tiny_policy
 SPEC_WEIGHTS_10 = [1.575, 1.672, 1.206, 1.003, 0.882, 0.794, 0.718, 0.635, 0.507]  # steps 0..8, N = 10, a = 0.7
 
 
-@pytest.fixture(autouse=True)
-def _recordable(monkeypatch):
-    """Runs of the variant can be recorded even before bench.records.KNOWN_METHODS lists it."""
-    if "tempflow-grpo" not in records.KNOWN_METHODS:
-        monkeypatch.setattr(records, "KNOWN_METHODS", (*records.KNOWN_METHODS, "tempflow-grpo"))
-
-
 # ------------------------------------------------------------------------------------------------ pieces
 def test_noise_aware_weights_on_the_sigma_table_by_hand():
     s = [float(v) for v in sigmas(10)]
