@@ -205,9 +205,9 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
         "shapes": {"images_per_prompt": 2, "rollout_batch_size": 16},
     },
     # AWM, reference config/dgx_awm.py (SD3.5-M, 8 GPUs): 72 prompts x 24 images, sampling batches of 6, micro-batches
-    # of 3 (its eval every 50 epochs, OCR 20, is not taken: every method is evaluated on one cadence); PickScore 24 prompts, tau 0 (ODE rollout), discrete times with index 0,
-    # micro-batches of 2. Shapes (untuned): the reference's settings on the shapes world's 10 sampler steps, with
-    # micro-batches of 8 (8 per epoch) for CPU throughput
+    # of 3 (its eval every 50 epochs, OCR 20, is not taken: every method is evaluated on one cadence); PickScore 24
+    # prompts, tau 0 (ODE rollout), discrete times with index 0, micro-batches of 2. Shapes (untuned): the reference's
+    # settings on the shapes world's 10 sampler steps, with micro-batches of 8 (8 per epoch) for CPU throughput
     "awm": {
         "paper": {"prompts_per_epoch": 72, "images_per_prompt": 24, "rollout_batch_size": 6,
                   "awm.train_batch_size": 3},

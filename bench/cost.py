@@ -18,8 +18,9 @@ Counts follow the methods as implemented (and the references): per rollout sampl
 Every sample but TempFlow's gives one image, so per sample is per image there.
 
 A backward costs about two forwards. ``family_flops_per_forward`` gives the FLOPs of one image-forward of each model
-family's released architecture (:mod:`bench.published`). ``predict_gpu_hours`` turns counts into hours from the transformer's FLOPs per
-image-forward and an achieved FLOP/s (measure it with ``python -m bench.perf``), so users can plan paper-scale runs.
+family's released architecture (:mod:`bench.published`). ``predict_gpu_hours`` turns counts into hours from the
+transformer's FLOPs per image-forward and an achieved FLOP/s (measure it with ``python -m bench.perf``), so users can
+plan paper-scale runs.
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ SD35M_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBl
 def sd35m_random_policy(device):
     """SD3.5-Medium's published transformer and VAE configs with random weights; tiny CLIP encoders with the real
     output widths (pooled 2 x 1024) and T5 replaced by its zero padding (128 tokens): realistic shapes and cost."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
 
     from rollout.models import PolicyOptions, T2IPolicy, tiny_clip
     from rollout.text import build_word_tokenizer

@@ -95,7 +95,8 @@ def seed_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--methods", type=method_list, default="nft,flowgrpo,cfg",
                     help="Comma-separated methods to compare under the same budget: nft, flowgrpo, flowgrpo-fast, "
                          "grpo-guard, tempflow-grpo, awm, dgpo, dgpo-wocfg, dgpo-wocfg-emaref, cfg (the CFG baseline: "
@@ -155,7 +156,8 @@ def check_config(cfg: RunConfig) -> None:
         for key, default in (("train_prompts", world.train_set), ("test_prompts", world.test_set)):
             name = getattr(cfg, key) or default
             if name in SETS and not (prompts_dir() / SETS[name].local).is_file():
-                raise ValueError(f"{setting_name(key)}: prompt set '{name}' is not at {prompts_dir() / SETS[name].local}; "
+                raise ValueError(f"{setting_name(key)}: prompt set '{name}' is not at "
+                                 f"{prompts_dir() / SETS[name].local}; "
                                  f"fetch it with `python -m rollout.datasets fetch {name}` (or set FLOWRL_PROMPTS_DIR, "
                                  f"or give {key}=<your .jsonl or .txt file>)")
 

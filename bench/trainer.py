@@ -410,9 +410,10 @@ class Trainer:
         return self.state["wall_s"] * self.devices / 3600
 
     def _cum(self) -> dict[str, float]:
-        return {"cum/wall_s": self.state["wall_s"], "cum/cpu_s": self.state["cpu_s"], "cum/gpu_hours": self._gpu_hours(),
-                "cum/images": self.state["images"], "cum/train_forward": self.state["forward"],
-                "cum/train_backward": self.state["backward"], "cum/eval_s": self.state["eval_s"]}
+        return {"cum/wall_s": self.state["wall_s"], "cum/cpu_s": self.state["cpu_s"],
+                "cum/gpu_hours": self._gpu_hours(), "cum/images": self.state["images"],
+                "cum/train_forward": self.state["forward"], "cum/train_backward": self.state["backward"],
+                "cum/eval_s": self.state["eval_s"]}
 
     def run(self) -> dict:
         """Train until ``epochs`` or the budget. Record row k holds the state after k training epochs: row 0 is the

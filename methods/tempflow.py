@@ -5,8 +5,8 @@ written here is FlowGRPO's (methods/flowgrpo.py: SDE step, CFG, PPO clip, KL, tw
 
     for each epoch:
         for each initial noise: an ODE trunk x_0 .. x_{S-1} with the CURRENT policy (CFG 4.5); at every branch point i
-            K SDE draws x'_{i,k} from the trunk's velocity, storing log p_old(x'_{i,k} | x_i)      # trajectory branching
-            each branch continued by the ODE to a clean image and scored: R[k, i]                 # a reward per step
+            K SDE draws x'_{i,k} from the trunk's velocity, storing log p_old(x'_{i,k} | x_i)     # trajectory branching
+            each branch continued by the ODE to a clean image and scored: R[k, i]                # a reward per step
         A[:, i] = group_advantage(R[:, i]) for every step i, over the K branches of one initial noise ("seed group")
         for each micro-batch of branch rows, for each trained step j (in order):
             ratio = exp(log p_theta(x'_j | x_j) - log p_old)

@@ -16,7 +16,8 @@ def fmt(value: object) -> str:
 
 
 def count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1: ``count(1, "run")`` -> "1 run", ``count(3, "seed")`` -> "3 seeds"."""
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``count(1, "run")`` -> "1 run",
+    ``count(3, "seed")`` -> "3 seeds"."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="Download sets (all when none is named) and check their sha256.")
     f.add_argument("names", nargs="*", help="Set names; see `list`.")
-    f.add_argument("--root", type=Path, default=None, help="Destination folder (default: $FLOWRL_PROMPTS_DIR or data/prompts).")
+    f.add_argument("--root", type=Path, default=None,
+                   help="Destination folder (default: $FLOWRL_PROMPTS_DIR or data/prompts).")
     sub.add_parser("list", help="List the known sets with their upstream URLs.")
     args = ap.parse_args(argv)
     if args.cmd == "list":

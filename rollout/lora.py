@@ -32,7 +32,8 @@ class LoraOptions:
     alpha: int = 64
     """LoRA alpha (scale alpha / r)."""
     init: str = "gaussian"
-    """peft ``init_lora_weights``: "gaussian" draws A ~ N(0, 1/r) and sets B = 0, so every adapter starts at the base."""
+    """peft ``init_lora_weights``: "gaussian" draws A ~ N(0, 1/r) and sets B = 0, so every adapter starts at the
+    base."""
     target_modules: list[str] = field(default_factory=lambda: [
         "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",

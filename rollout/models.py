@@ -90,7 +90,8 @@ def tiny_clip(vocab_size: int, eos_token_id: int, hidden: int = 32, proj: int = 
 
 def build_tiny_sd3(words: list[str], *, sample_size: int = 32, patch_size: int = 2, layers: int = 2,
                    heads: int = 2, head_dim: int = 16, clip_hidden: int = 32, with_t5: bool = True,
-                   with_vae: bool = True, max_len: int = 16, shift: float = 3.0, seed: int = 0) -> StableDiffusion3Pipeline:
+                   with_vae: bool = True, max_len: int = 16, shift: float = 3.0,
+                   seed: int = 0) -> StableDiffusion3Pipeline:
     """An SD3-layout pipeline at tiny size, buildable offline: two tiny CLIP encoders (+ optional tiny T5), a
     word-level tokenizer for each, optional tiny VAE (16 latent channels, like SD3.5), random weights."""
     torch.manual_seed(seed)

@@ -130,7 +130,8 @@ def _log_snr(sigma: float) -> float:
     return math.log((1 - sigma) / sigma)
 
 
-def dpm2_step(x: torch.Tensor, d_now: torch.Tensor, d_prev: torch.Tensor | None, sig: list[float], i: int) -> torch.Tensor:
+def dpm2_step(x: torch.Tensor, d_now: torch.Tensor, d_prev: torch.Tensor | None, sig: list[float],
+              i: int) -> torch.Tensor:
     """DPM-Solver++(2M) from ``sig[i]`` to ``sig[i+1]`` given data predictions ``D_i`` and ``D_{i-1}``.
 
     Step 0 is first order (DDIM in data prediction, equal to Euler when sigma_0 = 1); at step 1 the previous

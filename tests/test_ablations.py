@@ -14,9 +14,9 @@ from reports.groups import panels, run_table
 from tests.test_speedup import write_curve
 
 # (label, finals of seeds 0 and 1); every run starts at 0.30 and is evaluated at 0, 450 and 900 s
-RUNS = [("nft preset", (0.40, 0.42)), ("nft sampler: SDE", (0.30, 0.32)), ("nft negative branch: removed", (0.45, 0.47)),
-        ("nft decay: constant 0.9", (0.35, 0.47)), ("nft cfg: CFG 4.5 at rollout", (0.50, 0.52)),
-        ("nft timesteps: 3 of 10", (0.41, 0.43))]
+RUNS = [("nft preset", (0.40, 0.42)), ("nft sampler: SDE", (0.30, 0.32)),
+        ("nft negative branch: removed", (0.45, 0.47)), ("nft decay: constant 0.9", (0.35, 0.47)),
+        ("nft cfg: CFG 4.5 at rollout", (0.50, 0.52)), ("nft timesteps: 3 of 10", (0.41, 0.43))]
 
 
 def store(root):

@@ -86,6 +86,7 @@ def test_measured_row_uses_the_baseline_best_where_it_declines(tmp_path):
     write_curve(root, "awm0", "awm", 0, [(0, 0.30), (100, 0.50)])
     frame, _ = published(tmp_path)
     df = load_results(root)
-    measured = "\n".join(claims_section(df, panels(df, run_table(df, root)), frame, n_boot=100)).split("Claimed (the")[0]
+    measured = "\n".join(claims_section(df, panels(df, run_table(df, root)), frame,
+                                        n_boot=100)).split("Claimed (the")[0]
     row = next(line for line in measured.splitlines() if line.startswith("| awm"))
     assert "flowgrpo (CFG 4.5) best = 0.460" in row and "| 80 s | 200 s | 2.5x (1 seed: no CI) |" in row

@@ -131,7 +131,8 @@ def test_only_the_named_third_party_notices_are_dropped():
                                                   "falling back to `CLIPImageProcessorPil`",
                "diffusers.models.modeling_utils": "There are modules in AutoencoderKL that should be kept in float32: "
                                                   "[]. Casting directly with `to()` can lead to inconsistent results",
-               "DeepSpeed": "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect"}
+               "DeepSpeed": "Setting accelerator to CPU. If you have GPU or other accelerator, "
+                            "we were unable to detect"}
     kept = {"diffusers.models.modeling_utils": "There are modules in AutoencoderKL that should be kept in float32: "
                                                "['quant_conv']. Casting directly with `to()`",
             "DeepSpeed": "Setting accelerator to CUDA"}

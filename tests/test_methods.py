@@ -80,8 +80,10 @@ def test_old_policy_decay_schedules():
     assert [old_policy_decay(s, 1) for s in (0, 1, 250, 500, 900)] == pytest.approx([0.0, 0.001, 0.25, 0.5, 0.5])
     assert [old_policy_decay(s, 2) for s in (0, 74, 75, 76, 175, 1000)] == pytest.approx([0, 0, 0, 0.0075, 0.75, 0.999])
     assert old_policy_decay(3, "const:0.9") == 0.9
-    assert [old_policy_decay(s, "linear:0.01:0.5") for s in (0, 10, 49, 50, 400)] == pytest.approx([0, 0.1, 0.49, 0.5, 0.5])
-    assert [old_policy_decay(s, "linear:0.001:0.5") for s in (1, 250, 900)] == [old_policy_decay(s, 1) for s in (1, 250, 900)]
+    assert [old_policy_decay(s, "linear:0.01:0.5")
+            for s in (0, 10, 49, 50, 400)] == pytest.approx([0, 0.1, 0.49, 0.5, 0.5])
+    assert [old_policy_decay(s, "linear:0.001:0.5")
+            for s in (1, 250, 900)] == [old_policy_decay(s, 1) for s in (1, 250, 900)]
     for bad in (7, "linear:0.01", "const:x", "linear:a:b"):
         with pytest.raises(ValueError, match="decay_type"):
             old_policy_decay(3, bad)

@@ -33,7 +33,8 @@ def test_shipped_files_equal_regenerated():
 
 def test_generation_is_deterministic():
     assert build_files() == build_files()
-    assert generate_metadata({"color_attr": 5, "colors": 3}, seed=7) == generate_metadata({"color_attr": 5, "colors": 3}, 7)
+    assert (generate_metadata({"color_attr": 5, "colors": 3}, seed=7)
+            == generate_metadata({"color_attr": 5, "colors": 3}, 7))
     a, b = np.random.default_rng(3), np.random.default_rng(3)
     assert [scene_for(m, a) for m in TEST[::50]] == [scene_for(m, b) for m in TEST[::50]]
     assert [random_caption_scene(a) for _ in range(20)] == [random_caption_scene(b) for _ in range(20)]
@@ -87,7 +88,8 @@ def test_metadata_format_matches_geneval():
     assert list(examples["position"]) == ["tag", "include", "prompt"]
     assert "color" not in examples["single_object"]["include"][0]
     meta = next(m for m in TEST if m["prompt"] == "a photo of a triangle above a square")
-    assert meta["include"] == [{"class": "square", "count": 1}, {"class": "triangle", "count": 1, "position": ["above", 0]}]
+    assert meta["include"] == [{"class": "square", "count": 1},
+                               {"class": "triangle", "count": 1, "position": ["above", 0]}]
     assert any(m["prompt"].startswith("a photo of an orange") for m in TRAIN + TEST)
 
 

@@ -98,7 +98,8 @@ def test_branch_rows_belong_to_their_trunk_sample():
             by_hand = mean + std_t * math.sqrt(s[i] - s[i + 1]) * noise[i, r]
             assert torch.allclose(out.next_latents[r, i], by_hand[0], atol=1e-6), (r, i)
             assert out.log_probs[r, i].item() == pytest.approx(log_prob.item(), abs=1e-5)
-            assert torch.allclose(out.x0[i, r], sample(_velocity, out.next_latents[r:r + 1, i], s[i + 1:], "euler").x0[0])
+            assert torch.allclose(out.x0[i, r],
+                                  sample(_velocity, out.next_latents[r:r + 1, i], s[i + 1:], "euler").x0[0])
 
 
 def test_per_sample_generators_make_branches_independent_of_the_batch():

@@ -23,11 +23,13 @@ def tiny_config(method: str, out, *extra: str, epochs: int = 2, seed: int = 0):
     return resolve({"method": method, "seed": seed, "epochs": epochs}, None, overrides)
 
 
-CLOCKS = ("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval")  # timing keys: the only values two equal runs may differ in
+# timing keys: the only values two equal runs may differ in
+CLOCKS = ("time/", "cum/wall", "cum/cpu", "cum/gpu", "cum/eval")
 
 
 def train_records(root, run_id: str | None = None):
-    """Every recorded value but the clocks, of the one run under ``root`` (or of ``run_id``), indexed by (epoch, key)."""
+    """Every recorded value but the clocks, of the one run under ``root`` (or of ``run_id``), indexed by
+    (epoch, key)."""
     from bench.records import load_results
 
     df = load_results(root)

@@ -141,8 +141,8 @@ def train(cfg: PretrainConfig, out: Path, device: str, workers: int) -> None:
         opt.step()
         sched.step()
         if step % 100 == 0:
-            rec = {"step": step + cfg.step_offset, "batch_size": cfg.batch_size, "loss": loss.item(), "grad_norm": gn.item(), "lr": sched.get_last_lr()[0],
-                   "elapsed_s": time.time() - t_train}
+            rec = {"step": step + cfg.step_offset, "batch_size": cfg.batch_size, "loss": loss.item(),
+                   "grad_norm": gn.item(), "lr": sched.get_last_lr()[0], "elapsed_s": time.time() - t_train}
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -167,9 +167,11 @@ def train(cfg: PretrainConfig, out: Path, device: str, workers: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Pretrain the shapes-world base model with rectified flow.")
-    ap.add_argument("--out", type=Path, default=Path("runs/shapes_pretrain"), help="Output folder for snapshots and the log.")
+    ap.add_argument("--out", type=Path, default=Path("runs/shapes_pretrain"),
+                    help="Output folder for snapshots and the log.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
-    ap.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1), help="Processes rendering the dataset.")
+    ap.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1),
+                    help="Processes rendering the dataset.")
     for f, default in asdict(PretrainConfig()).items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default,
                         help=f"PretrainConfig.{f} (default {default}).")

@@ -21,8 +21,9 @@ class ShapesGenEvalReward:
     """Score ``[B, 3, H, W]`` images in [0, 1] against GenEval metadata of shapes-world prompts.
 
     ``only_strict=True`` (training, as the reference server is called) skips the official accuracy and leaves the
-    ``accuracy`` key out (logging it as 0 would read as a measurement); evaluate with ``only_strict=False``. ``fixed_position=True`` scores positions without the reference's
-    quirk (see :func:`rewards.geneval.strict_and_score`). ``max_workers > 1`` scores images in a thread pool.
+    ``accuracy`` key out (logging it as 0 would read as a measurement); evaluate with ``only_strict=False``.
+    ``fixed_position=True`` scores positions without the reference's quirk (see
+    :func:`rewards.geneval.strict_and_score`). ``max_workers > 1`` scores images in a thread pool.
     """
 
     name = "shapes_geneval"

@@ -40,7 +40,8 @@ MAX_OBJECTS = 4
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One shape. ``cx, cy``: centre of its nominal box (``x0 + size / 2`` with integer ``x0``); ``size``: side in px."""
+    """One shape. ``cx, cy``: centre of its nominal box (``x0 + size / 2`` with integer ``x0``); ``size``: side
+    in px."""
 
     shape: str
     color: str
