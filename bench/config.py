@@ -198,11 +198,12 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
     "grpo-guard": {"paper": {"optim.lr": 1e-4}, "pickscore": {"flowgrpo.clip_range": 4e-6}},
     # geneval_sd3_pr / pickscore_sd3_pr: 48 prompts x 4 initial noises x 6 branches, one noise per sampling batch,
     # micro-batches of 6 branch rows; PickScore's beta 0.001 (older KL form). Shapes: 8 prompts x 2 noises (16 trunks,
-    # 96 branch rows, 9 x 6 = 54 images per trunk) in one sampling batch
+    # 96 branch rows, 9 x 6 = 54 images per trunk) in one sampling batch, no KL (kl_beta 0: the one change of its
+    # 8-trial search that beat the reference's 0.004, docs/tuning.md)
     "tempflow-grpo": {
         "paper": {"images_per_prompt": 4, "rollout_batch_size": 1, "flowgrpo.train_batch_size": 6},
         "pickscore": {"flowgrpo.kl_beta": 0.001},
-        "shapes": {"images_per_prompt": 2, "rollout_batch_size": 16},
+        "shapes": {"images_per_prompt": 2, "rollout_batch_size": 16, "flowgrpo.kl_beta": 0.0},
     },
     # AWM, reference config/dgx_awm.py (SD3.5-M, 8 GPUs): 72 prompts x 24 images, sampling batches of 6, micro-batches
     # of 3 (its eval every 50 epochs, OCR 20, is not taken: every method is evaluated on one cadence); PickScore 24

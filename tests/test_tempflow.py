@@ -149,6 +149,8 @@ def test_variant_and_presets_resolve(tmp_path):
                                                                                   False)
     assert (f.kl_beta, cfg.images_per_prompt, cfg.rollout_batch_size, f.train_batch_size) == (0.001, 4, 1, 6)
     assert resolve({"method": "tempflow-grpo", "world": "sd3", "task": "geneval"}, None, []).flowgrpo.kl_beta == 0.004
+    shapes = resolve({"method": "tempflow-grpo"}, None, [])  # its search's winning change: no KL on the shapes world
+    assert (shapes.flowgrpo.kl_beta, shapes.images_per_prompt, shapes.rollout_batch_size) == (0.0, 2, 16)
     with pytest.raises(ValueError, match="tempflow-grpo"):
         Trainer(tiny_config("flowgrpo", tmp_path, "flowgrpo.branches=6"), policy=tiny_policy())
 
