@@ -155,9 +155,9 @@ def check_config(cfg: RunConfig) -> None:
         world = load_world(cfg.world, cfg.task)
         for key, default in (("train_prompts", world.train_set), ("test_prompts", world.test_set)):
             name = getattr(cfg, key) or default
-            if name in SETS and not (prompts_dir() / SETS[name].local).is_file():
-                raise ValueError(f"{setting_name(key)}: prompt set '{name}' is not at "
-                                 f"{prompts_dir() / SETS[name].local}; "
+            local = prompts_dir() / SETS[name].local if name in SETS else None
+            if local is not None and not local.is_file():
+                raise ValueError(f"{setting_name(key)}: prompt set '{name}' is not at {local}; "
                                  f"fetch it with `python -m rollout.datasets fetch {name}` (or set FLOWRL_PROMPTS_DIR, "
                                  f"or give {key}=<your .jsonl or .txt file>)")
 
