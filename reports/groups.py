@@ -106,8 +106,11 @@ class Panel:
 
     def pairs(self, a: str | None = None, b: str | None = None) -> list[tuple[Group, Group]]:
         """(A, B) for every two trained groups of different methods, A's method first in :data:`METHOD_ORDER`;
-        ``a`` / ``b`` keep only pairs of those methods."""
+        ``a`` / ``b`` keep only pairs of those methods, and when both are given they are A and B in that role
+        whatever their order (``a="grpo-guard", b="flowgrpo"``: the variant's speedup over FlowGRPO)."""
         ordered = self.ordered
+        if a is not None and b is not None:
+            return [(x, y) for x in ordered if x.method == a for y in ordered if y.method == b and a != b]
         found = [(x, y) for i, x in enumerate(ordered) for y in ordered[i + 1:] if x.method != y.method]
         return [(x, y) for x, y in found if (a is None or x.method == a) and (b is None or y.method == b)]
 

@@ -75,6 +75,15 @@ def test_speedup_matches_hand_computed_crossings(tmp_path):
     assert "| nft / flowgrpo start + 0.02 = 0.020 | 12 min | 53 min | 4.4x [1.1x .. unbounded] | 2 / 2 |" in text
 
 
+def test_named_methods_keep_their_roles_whatever_their_order(tmp_path):
+    synthetic_store(tmp_path)
+    text = speedup_markdown(load_results(tmp_path), a="flowgrpo", b="nft", clock="gpu_hours", n_boot=200)
+    assert text.startswith("**geneval (toy): flowgrpo vs nft**")
+    # FlowGRPO's start + 0.02 target as above: FlowGRPO 53 min, NFT 12 min; with the roles swapped the speedup
+    # (time B / time A) is 12 / 53 = 0.23 rather than 4.4
+    assert "| flowgrpo / nft start + 0.02 = 0.020 | 53 min | 12 min | 0.23x" in text
+
+
 def test_speedup_needs_two_methods_and_curves(tmp_path):
     synthetic_store(tmp_path, methods=("nft",))
     assert speedup_markdown(load_results(tmp_path), n_boot=10).startswith("_No pair of `nft` and `flowgrpo` runs")
