@@ -109,8 +109,8 @@ class Panel:
         ``a`` / ``b`` keep only pairs of those methods, and when both are given they are A and B in that role
         whatever their order (``a="grpo-guard", b="flowgrpo"``: the variant's speedup over FlowGRPO)."""
         ordered = self.ordered
-        if a is not None and b is not None:
-            return [(x, y) for x in ordered if x.method == a for y in ordered if y.method == b and a != b]
+        if a is not None and b is not None and a != b:
+            return [(x, y) for x in ordered if x.method == a for y in ordered if y.method == b]
         found = [(x, y) for i, x in enumerate(ordered) for y in ordered[i + 1:] if x.method != y.method]
         return [(x, y) for x, y in found if (a is None or x.method == a) and (b is None or y.method == b)]
 
