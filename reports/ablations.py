@@ -73,8 +73,12 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("flowgrpo timesteps", "flowgrpo timesteps: all 9 steps", "flowgrpo preset",
             "none recorded in ../shared/spec (Flow-GRPO-Fast trains a window of 2-3 steps)", None,
             "../shared/spec/flowgrpo.md"),
+    Finding("flowgrpo timesteps", "flowgrpo timesteps: window of 3", "flowgrpo preset",
+            "none recorded in ../shared/spec (the preset with SDE and training only on a window of 3 steps)", None,
+            "../shared/spec/flowgrpo.md"),
     Finding("flowgrpo timesteps", "flowgrpo timesteps: Fast (CPS window of 3)", "flowgrpo preset",
-            "none recorded in ../shared/spec", None, "../shared/spec/flowgrpo.md"),
+            "none recorded in ../shared/spec (the reference's Fast config whole: CFG-free, so evaluated without CFG "
+            "against a CFG 4.5 preset)", None, "../shared/spec/flowgrpo.md"),
 )
 
 
