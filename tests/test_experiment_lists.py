@@ -73,3 +73,27 @@ def test_every_line_of_a_list_resolves(path):
 def test_the_search_lists_are_checked():
     names = {p.name for p in LISTS}
     assert {"new_methods.txt", "tempflow_guard.txt", "ablations.txt", "flowgrpo_search.txt"} <= names
+
+
+def test_the_ablation_list_runs_every_finding_against_its_reference():
+    """Each label of experiments/ablations.txt is a preset or a variant of reports.ablations.FINDINGS (a typo would
+    fall into the report's unclaimed rows, compared with a guessed preset); each variant runs on >= 2 seeds, each
+    of them beside its reference on the same seed, and changes some setting of it."""
+    from reports.ablations import FINDINGS
+
+    path = next(p for p in LISTS if p.name == "ablations.txt")
+    cfgs = [resolved(argv) for argv in commands(path)]
+    refs = {f.variant: f.reference for f in FINDINGS}
+    by_label: dict[str, dict[int, dict]] = {}
+    for c in cfgs:
+        assert c.ablation in refs or c.ablation in set(refs.values()), (
+            f"{path.name}: {c.run_id} is labelled {c.ablation!r}, which is no variant or reference of "
+            "reports/ablations.py FINDINGS: fix the label or add its Finding")
+        by_label.setdefault(c.ablation, {})[c.seed] = settings(c)
+    for variant, reference in refs.items():
+        seeds = by_label.get(variant, {})
+        assert len(seeds) >= 2, f"{path.name}: {variant!r} runs on seeds {sorted(seeds)}; the issue asks for >= 2"
+        for seed, s in seeds.items():
+            ref = by_label.get(reference, {}).get(seed)
+            assert ref is not None, f"{path.name}: {variant!r} seed {seed} has no {reference!r} run on that seed"
+            assert s != ref, f"{path.name}: {variant!r} seed {seed} changes nothing from {reference!r}"
