@@ -125,6 +125,12 @@ def family_of(label: str) -> str | None:
     return label.split(": ", 1)[0] if ": " in label else None
 
 
+def seed_finals(variant: np.ndarray, reference: np.ndarray) -> str:
+    """``"0.300, 0.320 / 0.400, 0.420"``: the values the effect and its interval are computed from (with 2 seeds a
+    side the bootstrap interval is the range of the 4 seed-pair differences, so a reader should see them)."""
+    return " / ".join(", ".join(f"{v:.3f}" for v in side) for side in (variant, reference))
+
+
 def findings_table(df: pd.DataFrame, panel: Panel, n_boot: int = 2000) -> pd.DataFrame:
     """One row per finding whose variant and reference both ran in ``panel``, then one per other labelled variant
     (no claim), with the measured effect on the panel's metric."""
@@ -145,8 +151,8 @@ def findings_table(df: pd.DataFrame, panel: Panel, n_boot: int = 2000) -> pd.Dat
         interval = "" if math.isnan(low) else f" [{low:+.3f} .. {high:+.3f}]"
         rows.append({"ablation": finding.variant, "vs": finding.reference, "paper's finding": finding.claim,
                      "measured effect (final, variant - reference)": f"{point:+.3f}{interval}",
-                     "seeds": f"{len(a)} / {len(b)}", "reproduced": verdict(finding.direction, low, high),
-                     "source": finding.source})
+                     "seeds": f"{len(a)} / {len(b)}", "each seed's final (variant / reference)": seed_finals(a, b),
+                     "reproduced": verdict(finding.direction, low, high), "source": finding.source})
     return pd.DataFrame(rows)
 
 

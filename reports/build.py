@@ -286,7 +286,8 @@ def ablation_section(df: pd.DataFrame, runs: pd.DataFrame, out: Path, clock: str
         if not table.empty:
             lines += [f"### {panel.reward} ({panel.world}): the papers' ablations", "",
                       f"Effect on `{panel.metric}` at each run's final evaluation (mean over seeds), 95 % bootstrap "
-                      "interval over seeds; reproduced = the interval lies on the paper's side of 0.", "",
+                      "interval over seeds (with 2 seeds a side it spans the 4 seed-pair differences: a narrow "
+                      "measure of seed spread); reproduced = the interval lies on the paper's side of 0.", "",
                       markdown_table(table), ""]
         families = family_panels(panel)
         for family, fpanel in families.items():

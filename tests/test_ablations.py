@@ -54,6 +54,7 @@ def test_findings_table_on_runs_with_known_finals(tmp_path):
     sde = rows.loc["nft sampler: SDE"]  # paper: SDE worse; measured -0.100, interval below 0
     assert sde["vs"] == "nft preset" and sde["measured effect (final, variant - reference)"].startswith("-0.100 [")
     assert sde["reproduced"] == "yes" and sde["seeds"] == "2 / 2"
+    assert sde["each seed's final (variant / reference)"] == "0.300, 0.320 / 0.400, 0.420"
     assert rows.loc["nft negative branch: removed", "reproduced"] == "no"  # paper: collapses; measured +0.050
     # 0.35 and 0.47 against 0.40 and 0.42: resampled differences run from -0.07 to +0.07
     assert rows.loc["nft decay: constant 0.9", "reproduced"] == "inconclusive at this budget"
