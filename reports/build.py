@@ -285,9 +285,11 @@ def ablation_section(df: pd.DataFrame, runs: pd.DataFrame, out: Path, clock: str
         table = findings_table(part, panel, n_boot)
         if not table.empty:
             lines += [f"### {panel.reward} ({panel.world}): the papers' ablations", "",
-                      f"Effect on `{panel.metric}` at each run's final evaluation (mean over seeds), 95 % bootstrap "
-                      "interval over seeds (with 2 seeds a side it spans the 4 seed-pair differences: a narrow "
-                      "measure of seed spread); reproduced = the interval lies on the paper's side of 0.", "",
+                      f"Effect on `{panel.metric}` at each run's final evaluation (mean over seeds) with a 95 % "
+                      "t interval whose seed-to-seed spread is pooled over all groups of the method (2 seeds a side "
+                      "give too few to estimate it per pair); reproduced = that interval lies on the paper's side of "
+                      "0. The bootstrap interval over each pair's own seeds is printed beside it "
+                      "(`reports.ablations`).", "",
                       markdown_table(table), ""]
         families = family_panels(panel)
         for family, fpanel in families.items():

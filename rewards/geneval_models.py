@@ -26,7 +26,6 @@ default "rgb" feeds the model as it was trained.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
 
@@ -157,44 +156,6 @@ class ColorClassifier:
         return [COLORS[i] for i in logits.argmax(dim=1).tolist()]
 
 
-@contextlib.contextmanager
-def _mask2former_without_scipy():
-    """transformers builds Mask2Former's *training* loss (Hungarian matcher, needs scipy) even for inference. When
-    scipy is missing, build the model with a parameter-free stand-in that keeps the loss's buffer (so checkpoints
-    load unchanged) and refuses to compute a loss."""
-    try:
-        import scipy  # noqa: F401
-
-        yield
-        return
-    except ImportError:
-        pass
-    from transformers.models.mask2former import modeling_mask2former as mm
-
-    class InferenceOnlyLoss(torch.nn.Module):
-        def __init__(self, config, weight_dict):
-            super().__init__()
-            self.num_labels = config.num_labels
-            self.weight_dict = weight_dict
-            self.eos_coef = config.no_object_weight
-            weight = torch.ones(self.num_labels + 1)
-            weight[-1] = self.eos_coef
-            self.register_buffer("empty_weight", weight)
-
-        def forward(self, *args, **kwargs):
-            raise RuntimeError("Mask2Former's training loss needs scipy (pip install scipy); the reward only infers")
-
-    original = mm.Mask2FormerLoss
-    mm.Mask2FormerLoss = InferenceOnlyLoss
-    try:
-        yield
-    finally:
-        mm.Mask2FormerLoss = original
-
-
-_BUILD_LOCK = threading.Lock()
-
-
 def jpeg_round_trip(pixels: np.ndarray, quality: int) -> np.ndarray:
     """uint8 [B, H, W, 3] -> each image saved as a PIL JPEG of ``quality`` and decoded again."""
     out = []
@@ -275,11 +236,10 @@ class GenEvalReward:
                     option="detector_processor" if self.detector_processor_path != self.detector_path else "detector",
                     reward=self.name, what="the Mask2Former image processor",
                 )
-                with _BUILD_LOCK, _mask2former_without_scipy():
-                    model = load_or_explain(
-                        Mask2FormerForUniversalSegmentation.from_pretrained, self.detector_path,
-                        option="detector", reward=self.name, what="the Mask2Former detector",
-                    )
+                model = load_or_explain(
+                    Mask2FormerForUniversalSegmentation.from_pretrained, self.detector_path,
+                    option="detector", reward=self.name, what="the Mask2Former detector",
+                )
                 id2label = model.config.id2label
                 self._class_names = [geneval_name(id2label[i]) for i in range(len(id2label))]
                 self._processor = processor

@@ -26,8 +26,6 @@ def tiny_models(tmp_path_factory):
     from transformers import Mask2FormerConfig, Mask2FormerImageProcessor, SwinConfig
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from rewards.geneval_models import _mask2former_without_scipy
-
     root = tmp_path_factory.mktemp("geneval_models")
     swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
                       window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
@@ -39,8 +37,7 @@ def tiny_models(tmp_path_factory):
         use_timm_backbone=False,
     )
     torch.manual_seed(0)
-    with _mask2former_without_scipy():
-        model = Mask2FormerForUniversalSegmentation(config)
+    model = Mask2FormerForUniversalSegmentation(config)
     with torch.no_grad():  # make "cat" the confident class of every query so detections (and colours) happen
         model.class_predictor.bias.zero_()
         model.class_predictor.bias[1] = 8.0
