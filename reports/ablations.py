@@ -19,19 +19,28 @@ happens by chance 1 time in 6), and a t interval from one pair has 1 degree of f
 spread over a method's ~10 groups assumes seeds scatter alike across its variants and gives the interval ~10
 degrees of freedom. The bootstrap interval (:func:`effect`) is printed beside it, with each seed's final.
 
+The findings table alone, without the plots of ``python -m reports.build``:
+
+    python -m reports.ablations --results results/ablations
+
 A finding is never adjusted to agree with the paper: :data:`FINDINGS` holds the papers' statements as written in
 ``../shared/spec/`` (source given per row), and the verdict is computed only from the records.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from reports.groups import Group, Panel
+from bench.cli import at_least, existing_dir
+from bench.records import load_results
+from reports.groups import CLOCK_CHOICES, Group, Panel, panels, run_table
+from reports.markdown import markdown_table
 from reports.speedup import group_curves
 
 
@@ -210,3 +219,37 @@ def family_panels(panel: Panel) -> dict[str, Panel]:
             if g is not None and g not in members:
                 members.append(g)
     return out
+
+
+def labelled_panels(df: pd.DataFrame, runs: pd.DataFrame, clock: str = "auto") -> list[tuple[Panel, pd.DataFrame]]:
+    """(panel, its rows) per (world, reward) of the runs of ``df`` that carry an ablation label."""
+    labelled = df[df["ablation"].notna()] if "ablation" in df.columns else df.iloc[0:0]
+    if labelled.empty:
+        return []
+    return [(panel, labelled[(labelled["world"] == panel.world) & (labelled["reward"] == panel.reward)])
+            for panel in panels(labelled, runs, clock)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reports.ablations", description=(
+        "Print the findings table of the labelled runs under a results folder as Markdown (no plots; the whole "
+        "report with the family panels: python -m reports.build)."))
+    parser.add_argument("--results", type=existing_dir, default="results/ablations",
+                        help="Folder of the ablation runs (every run in it with an `ablation` label is read).")
+    parser.add_argument("--n-boot", type=at_least(1, "a number of bootstrap resamples, at least 1"), default=2000,
+                        help="Bootstrap resamples for the interval printed beside the verdict's t interval.")
+    parser.add_argument("--clock", choices=CLOCK_CHOICES, default="auto",
+                        help="Training clock: auto = CPU time for CPU-budgeted runs, else wall-clock.")
+    args = parser.parse_args(argv)
+    df = load_results(args.results)
+    found = labelled_panels(df, run_table(df, Path(args.results)), args.clock)
+    if not found:
+        print(f"No runs under {args.results} carry an `ablation` label.")
+    for panel, part in found:
+        table = findings_table(part, panel, args.n_boot)
+        body = markdown_table(table) if not table.empty else "_No variant ran beside its reference._"
+        print(f"### {panel.reward} ({panel.world})\n\n{body}\n")
+
+
+if __name__ == "__main__":
+    main()

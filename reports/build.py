@@ -38,7 +38,7 @@ import pandas as pd  # noqa: E402
 
 from bench.cli import at_least, existing_dir  # noqa: E402
 from bench.records import load_results  # noqa: E402
-from reports.ablations import family_panels, findings_table  # noqa: E402
+from reports.ablations import family_panels, findings_table, labelled_panels  # noqa: E402
 from reports.claims import claims_section  # noqa: E402
 from reports.groups import (  # noqa: E402
     CLOCK_CHOICES, EPOCHS, Clock, Group, Panel, clock_length, panels, run_table,
@@ -276,11 +276,10 @@ def ablation_section(df: pd.DataFrame, runs: pd.DataFrame, out: Path, clock: str
     reproduced or not; :mod:`reports.ablations`), one panel per ablation family against the clock, and one panel of
     the remaining labelled runs (e.g. tuning trials) against epochs and the clock."""
     lines = ["## Ablations", ""]
-    labelled = df[df["ablation"].notna()] if "ablation" in df.columns else df.iloc[0:0]
-    if labelled.empty:
+    found = labelled_panels(df, runs, clock)
+    if not found:
         return lines + ["_No runs carry an `ablation` label._", ""]
-    for panel in panels(labelled, runs, clock):
-        part = labelled[(labelled["world"] == panel.world) & (labelled["reward"] == panel.reward)]
+    for panel, part in found:
         where = f"{slug(panel.world)}_{slug(panel.reward)}"
         table = findings_table(part, panel, n_boot)
         if not table.empty:

@@ -9,7 +9,7 @@ import pytest
 
 from bench.records import load_results
 from reports.ablations import (
-    FINDINGS, effect, family_panels, findings_table, pooled_seed_sd, t_interval, verdict,
+    FINDINGS, effect, family_panels, findings_table, main, pooled_seed_sd, t_interval, verdict,
 )
 from reports.build import build
 from reports.groups import panels, run_table
@@ -109,3 +109,14 @@ def test_report_has_the_table_and_a_figure_per_family(tmp_path):
         assert (tmp_path / "out" / f"ablation_toy_geneval_{family}.png").exists()
     assert {f.family for f in FINDINGS} >= {"nft sampler", "nft decay", "nft negative branch", "nft weighting",
                                            "nft beta", "nft cfg", "flowgrpo kl", "flowgrpo noise"}
+
+
+def test_cli_prints_the_findings_table(tmp_path, capsys):
+    store(tmp_path / "abl")
+    main(["--results", str(tmp_path / "abl"), "--n-boot", "200"])
+    out = capsys.readouterr().out
+    assert out.startswith("### geneval (toy)") and "| nft sampler: SDE | nft preset |" in out
+    assert "| -0.100 [-0.182 .. -0.018] | 2 / 2 | 0.300, 0.320 / 0.400, 0.420 | 0.035 (7) |" in out
+    (tmp_path / "empty").mkdir()
+    main(["--results", str(tmp_path / "empty")])
+    assert "carry an `ablation` label" in capsys.readouterr().out
