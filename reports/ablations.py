@@ -192,7 +192,8 @@ def findings_table(df: pd.DataFrame, panel: Panel, n_boot: int = 2000) -> pd.Dat
                      "seeds": f"{len(a)} / {len(b)}", "each seed's final (variant / reference)": seed_finals(a, b),
                      "pooled seed sd (dof)": "" if dof == 0 else f"{sd:.3f} ({dof})",
                      "bootstrap interval": _bounds(boot_low, boot_high).strip(),
-                     "reproduced": verdict(finding.direction, low, high), "source": finding.source})
+                     # judged on the printed (3-decimal) bounds, so a verdict never disagrees with its interval
+                     "reproduced": verdict(finding.direction, _r(low), _r(high)), "source": finding.source})
     return pd.DataFrame(rows)
 
 
