@@ -163,6 +163,11 @@ def family_of(label: str) -> str | None:
     return label.split(": ", 1)[0] if ": " in label else None
 
 
+def method_of(label: str) -> str:
+    """``"nft sampler: SDE"`` and ``"nft preset"`` -> ``"nft"``: the method whose preset a label modifies."""
+    return label.split()[0]
+
+
 def seed_finals(variant: np.ndarray, reference: np.ndarray) -> str:
     """``"0.300, 0.320 / 0.400, 0.420"``: the values the effect is computed from, in seed order."""
     return " / ".join(", ".join(f"{v:.3f}" for v in side) for side in (variant, reference))
@@ -171,20 +176,21 @@ def seed_finals(variant: np.ndarray, reference: np.ndarray) -> str:
 def findings_table(df: pd.DataFrame, panel: Panel, n_boot: int = 2000) -> pd.DataFrame:
     """One row per finding whose variant and reference both ran in ``panel``, then one per other labelled variant
     (no claim), with the measured effect on the panel's metric."""
-    groups = labelled(panel)
     rows = []
-    known = {f.variant: f for f in FINDINGS}
-    extra = [Finding(family_of(label) or label, label, f"{label.split()[0]} preset", "none recorded", None, "")
-             for label in groups if family_of(label) and label not in known]
     if not panel.metric:
         return pd.DataFrame(rows)
+    groups = labelled(panel)
+    known = {f.variant: f for f in FINDINGS}
+    extra = [Finding(family_of(label) or label, label, f"{method_of(label)} preset", "none recorded", None, "")
+             for label in groups if family_of(label) and label not in known]
     final = {label: finals(df, group, panel.metric, panel) for label, group in groups.items()}
+    spread = {method: pooled_seed_sd([x for label, x in final.items() if method_of(label) == method])
+              for method in {method_of(label) for label in final}}
     for finding in [*FINDINGS, *extra]:
         a, b = final.get(finding.variant), final.get(finding.reference)
         if a is None or b is None or not len(a) or not len(b):
             continue
-        method = finding.reference.split()[0]
-        sd, dof = pooled_seed_sd([x for label, x in final.items() if label.split()[0] == method])
+        sd, dof = spread[method_of(finding.reference)]
         point, low, high = t_interval(a, b, sd, dof)
         _, boot_low, boot_high = effect(a, b, n_boot)
         rows.append({"ablation": finding.variant, "vs": finding.reference, "paper's finding": finding.claim,
@@ -215,7 +221,7 @@ def family_panels(panel: Panel) -> dict[str, Panel]:
         if family is None:
             continue
         members = out.setdefault(family, Panel(panel.world, panel.reward, panel.clock, panel.metric, [])).groups
-        reference = groups.get(refs.get(label, f"{label.split()[0]} preset"))
+        reference = groups.get(refs.get(label, f"{method_of(label)} preset"))
         for g in (reference, group):
             if g is not None and g not in members:
                 members.append(g)
