@@ -4,12 +4,15 @@
     python -m reports.tuning --results results --runs nft_a,nft_b    # these runs, in this order
     python -m reports.tuning --results results --clock wall          # wall-clock even for CPU-budgeted runs
     python -m reports.tuning --results results/headline --at 300,1800,3600,7500   # long runs: other checkpoints
+    python -m reports.tuning --results results/ablations --by-label   # one row per ablation label: seed means
 
 One row per run: the evaluation metric (default ``eval/strict_accuracy``) at the first evaluation at or after each
 checkpoint of the training clock (evaluation excluded), its peak, the final value and the change from the start.
 The clock is the run's own (``--clock auto``: CPU time for a run budgeted by CPU time, else wall-clock; see
 :mod:`reports.groups`) and is named in the ``clock`` column. A run that stopped before a checkpoint shows a blank
-there, never a carried-over value.
+there, never a carried-over value. ``epochs`` counts the run's training epochs (rows with a rollout reward).
+``--by-label`` averages the rows of the runs that share an ablation label (its seeds) column by column; a checkpoint
+that one of them never reached stays blank.
 """
 from __future__ import annotations
 
@@ -45,7 +48,22 @@ def tuning_table(df: pd.DataFrame, run_ids: list[str], checkpoints_s: tuple[floa
             row[f"~{s:.0f} s"] = after.iloc[0] if len(after) else float("nan")
         row.update({"peak": curve["y"].max(), "final": curve["y"].iloc[-1], "final clock (s)": seconds.iloc[-1]})
         row["final - start"] = row["final"] - row["start"]
+        row["epochs"] = int((df.loc[df["run_id"] == run_id, "key"] == "reward/avg_mean").sum())
         row.update(reward_trend(df[df["run_id"] == run_id]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def label_means(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per ablation label of a :func:`tuning_table`, in the order labels first appear: ``runs`` (how many
+    runs share it) and the mean of every numeric column over them. A mean over a column that one run lacks (a
+    checkpoint it never reached) is blank, not the mean of the others. A run without a label is a row of its own."""
+    numeric = [c for c in table.columns if c not in ("run", "label", "clock")]
+    keys = table["label"].where(table["label"].astype(bool), table["run"])
+    rows = []
+    for label, group in table.groupby(keys, sort=False):
+        row = {"label": label, "runs": len(group), "clock": ", ".join(group["clock"].unique())}
+        row.update({c: group[c].mean(skipna=False) for c in numeric})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -80,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--at", type=checkpoint_list, default=(300.0, 600.0, 900.0),
                     help="Comma-separated training-clock checkpoints in seconds at which to read each run's "
                          "evaluation (the first at or after each, 2 %% slack), e.g. 300,1800,7500.")
+    ap.add_argument("--by-label", action="store_true",
+                    help="Print one row per ablation label (the mean over the runs that carry it, with their count) "
+                         "instead of one row per run.")
     ap.add_argument("--clock", choices=CLOCK_CHOICES, default="auto",
                     help="Training clock: auto = CPU time for CPU-budgeted runs, else wall-clock.")
     args = ap.parse_args(argv)
@@ -87,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = [r for r in args.runs.split(",") if r] or sorted(df.loc[df["key"] == args.metric, "run_id"].unique())
     table = tuning_table(df, runs, checkpoints_s=args.at, metric=args.metric, clock=args.clock,
                          runs=run_table(df, Path(args.results)))
-    if "label" in table and not table["label"].astype(bool).any():
+    if args.by_label:
+        table = label_means(table)
+    elif "label" in table and not table["label"].astype(bool).any():
         table = table.drop(columns="label")  # no run carries an ablation label: no empty column
     print(markdown_table(table))
 

@@ -150,6 +150,7 @@ def test_tuning_table_reads_values_at_wall_clock_checkpoints(tmp_path):
     assert row["~600 s"] == 0.41 and math.isnan(row["~900 s"])  # never reached: blank, not carried over
     assert row["peak"] == 0.41 and row["final - start"] == pytest.approx(0.11) and row["final clock (s)"] == 610.0
     assert row["clock"] == "wall-clock"  # no CPU budget in its config
+    assert row["epochs"] == 3  # rows 1..3 carry a rollout reward; row 0 is the initial evaluation
     # 3 training rows: the first and last 20 % are one epoch each
     assert row["train reward, first 20 %"] == pytest.approx(0.2) and row["last 20 %"] == pytest.approx(0.6)
 
@@ -169,6 +170,30 @@ def test_tuning_cli_reads_at_the_given_checkpoints(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--results", str(tmp_path), "--at", "0,x"])
     assert stop.value.code == 2 and "--at '0,x': give positive seconds" in capsys.readouterr().err
+
+
+def test_tuning_by_label_averages_each_labels_seeds(tmp_path, capsys):
+    from reports.tuning import main
+
+    # two seeds of label "a" (the second stops before 600 s), one of label "b", one unlabelled run
+    for run, label, evals in (("a0", "a", ((0, 0.30), (300, 0.40), (600, 0.50))), ("a1", "a", ((0, 0.30), (300, 0.36))),
+                              ("b0", "b", ((0, 0.30), (300, 0.20), (600, 0.10))), ("x", None, ((0, 0.5), (300, 0.6)))):
+        meta = {"method": "nft", "world": "toy", "reward": "geneval", "seed": 0, "provenance": {}}
+        with RunRecorder(tmp_path, run, {**meta, **({"ablation": label} if label else {})}) as recorder:
+            for epoch, (wall, acc) in enumerate(evals):
+                recorder.log(epoch, {"cum/wall_s": float(wall), "eval/strict_accuracy": acc,
+                                     **({"reward/avg_mean": 0.5} if epoch else {})})
+                recorder.flush()
+    main(["--results", str(tmp_path), "--at", "300,600", "--by-label"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert header[:3] == ["label", "runs", "clock"] and list(rows) == ["a", "b", "x"]
+    assert rows["a"]["runs"] == "2" and float(rows["a"]["~300 s"]) == pytest.approx(0.38)  # (0.40 + 0.36) / 2
+    assert rows["a"]["~600 s"] == ""  # a1 never reached 600 s: blank, not a1-less 0.50
+    assert float(rows["a"]["final"]) == pytest.approx(0.43) and float(rows["a"]["epochs"]) == pytest.approx(1.5)
+    assert rows["b"]["runs"] == "1" and float(rows["b"]["final - start"]) == pytest.approx(-0.2)
+    assert rows["x"]["runs"] == "1" and float(rows["x"]["~300 s"]) == pytest.approx(0.6)  # unlabelled: its own row
 
 
 def test_build_names_every_folder_it_reads_with_its_run_count(tmp_path):
