@@ -58,6 +58,8 @@ def label_means(table: pd.DataFrame) -> pd.DataFrame:
     """One row per ablation label of a :func:`tuning_table`, in the order labels first appear: ``runs`` (how many
     runs share it) and the mean of every numeric column over them. A mean over a column that one run lacks (a
     checkpoint it never reached) is blank, not the mean of the others. A run without a label is a row of its own."""
+    if table.empty:
+        return table
     numeric = [c for c in table.columns if c not in ("run", "label", "clock")]
     keys = table["label"].where(table["label"].astype(bool), table["run"])
     rows = []

@@ -173,7 +173,9 @@ def test_tuning_cli_reads_at_the_given_checkpoints(tmp_path, capsys):
 
 
 def test_tuning_by_label_averages_each_labels_seeds(tmp_path, capsys):
-    from reports.tuning import main
+    import pandas as pd
+
+    from reports.tuning import label_means, main
 
     # two seeds of label "a" (the second stops before 600 s), one of label "b", one unlabelled run
     for run, label, evals in (("a0", "a", ((0, 0.30), (300, 0.40), (600, 0.50))), ("a1", "a", ((0, 0.30), (300, 0.36))),
@@ -194,6 +196,7 @@ def test_tuning_by_label_averages_each_labels_seeds(tmp_path, capsys):
     assert float(rows["a"]["final"]) == pytest.approx(0.43) and float(rows["a"]["epochs"]) == pytest.approx(1.5)
     assert rows["b"]["runs"] == "1" and float(rows["b"]["final - start"]) == pytest.approx(-0.2)
     assert rows["x"]["runs"] == "1" and float(rows["x"]["~300 s"]) == pytest.approx(0.6)  # unlabelled: its own row
+    assert label_means(pd.DataFrame()).empty  # no run evaluated: an empty table, not a KeyError
 
 
 def test_build_names_every_folder_it_reads_with_its_run_count(tmp_path):
