@@ -35,12 +35,13 @@ def tuning_table(df: pd.DataFrame, run_ids: list[str], checkpoints_s: tuple[floa
     runs = run_table(df) if runs is None else runs
     rows = []
     for run_id in run_ids:
+        run = df[df["run_id"] == run_id]
         run_clock = resolve_clock(clock, runs[runs["run_id"] == run_id])
-        curve = curves(df[df["run_id"] == run_id], metric, run_clock.key)
+        curve = curves(run, metric, run_clock.key)
         if curve.empty:
             continue
         seconds = curve["x"] * run_clock.to_seconds
-        label = df.loc[df["run_id"] == run_id, "ablation"].dropna()
+        label = run["ablation"].dropna()
         row = {"run": run_id, "label": label.iloc[0] if len(label) else "", "clock": run_clock.short,
                "start": curve["y"].iloc[0]}
         for s in checkpoints_s:  # allow 2 % slack: the last epoch ends a little past the budget, or just short of it
@@ -48,8 +49,8 @@ def tuning_table(df: pd.DataFrame, run_ids: list[str], checkpoints_s: tuple[floa
             row[f"~{s:.0f} s"] = after.iloc[0] if len(after) else float("nan")
         row.update({"peak": curve["y"].max(), "final": curve["y"].iloc[-1], "final clock (s)": seconds.iloc[-1]})
         row["final - start"] = row["final"] - row["start"]
-        row["epochs"] = int((df.loc[df["run_id"] == run_id, "key"] == "reward/avg_mean").sum())
-        row.update(reward_trend(df[df["run_id"] == run_id]))
+        row["epochs"] = int((run["key"] == "reward/avg_mean").sum())
+        row.update(reward_trend(run))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -187,9 +187,9 @@ def test_tuning_by_label_averages_each_labels_seeds(tmp_path, capsys):
                                      **({"reward/avg_mean": 0.5} if epoch else {})})
                 recorder.flush()
     main(["--results", str(tmp_path), "--at", "300,600", "--by-label"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    header, _, *body = [[c.strip() for c in line.strip("|").split("|")]
+                        for line in capsys.readouterr().out.strip().splitlines()]
+    rows = {cells[0]: dict(zip(header, cells)) for cells in body}
     assert header[:3] == ["label", "runs", "clock"] and list(rows) == ["a", "b", "x"]
     assert rows["a"]["runs"] == "2" and float(rows["a"]["~300 s"]) == pytest.approx(0.38)  # (0.40 + 0.36) / 2
     assert rows["a"]["~600 s"] == ""  # a1 never reached 600 s: blank, not a1-less 0.50
